@@ -1,0 +1,97 @@
+"""The data model every dataset plugin loads into: examples, splits, a content fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+SPLITS: tuple[str, ...] = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled text; ``group`` ties translations of the same text together."""
+
+    id: str
+    group: str
+    lang: str
+    label: str
+    text: str
+    split: str
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "id": self.id,
+            "group": self.group,
+            "lang": self.lang,
+            "label": self.label,
+            "split": self.split,
+            "text": self.text,
+        }
+
+
+@dataclass(frozen=True)
+class MultilingualDataset:
+    """Examples of several languages with train/dev/test splits assigned by group.
+
+    ``labels`` fixes the class order (sorted label names) so class index ``i`` means
+    the same thing for every language and model. ``warnings`` lists problems that
+    did not stop the load (e.g. a language with no dev split).
+    """
+
+    name: str
+    examples: tuple[Example, ...]
+    warnings: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @cached_property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(sorted({e.label for e in self.examples}))
+
+    @cached_property
+    def label_index(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}
+
+    @cached_property
+    def languages(self) -> tuple[str, ...]:
+        return tuple(sorted({e.lang for e in self.examples}))
+
+    @cached_property
+    def _by_lang_split(self) -> dict[tuple[str, str], tuple[Example, ...]]:
+        out: dict[tuple[str, str], list[Example]] = {}
+        for e in self.examples:
+            out.setdefault((e.lang, e.split), []).append(e)
+        return {key: tuple(sorted(v, key=lambda e: e.id)) for key, v in out.items()}
+
+    def select(self, lang: str, split: str) -> tuple[Example, ...]:
+        """Examples of one language and split, in a stable order (by id)."""
+        return self._by_lang_split.get((lang, split), ())
+
+    def label_ids(self, examples: Iterable[Example]) -> list[int]:
+        return [self.label_index[e.label] for e in examples]
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the content (examples in id order, canonical JSON): same data, same hash."""
+        return content_fingerprint(self.examples)
+
+    def counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        """lang -> split -> label -> number of examples."""
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        counter = Counter((e.lang, e.split, e.label) for e in self.examples)
+        for (lang, split, label), n in sorted(counter.items()):
+            out.setdefault(lang, {}).setdefault(split, {})[label] = n
+        return out
+
+
+def content_fingerprint(examples: Sequence[Example] | Iterable[Example]) -> str:
+    digest = hashlib.sha256()
+    for e in sorted(examples, key=lambda e: (e.lang, e.id)):
+        digest.update(json.dumps(e.to_json(), sort_keys=True, ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return "sha256:" + digest.hexdigest()

@@ -1,0 +1,41 @@
+"""Exception types for mistakes a user can fix; the CLI turns them into one-line messages.
+
+Anything that is not an ``XlevalError`` is a bug in xleval or a plugin and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+
+class XlevalError(Exception):
+    """A problem the user can act on: the message says where and what."""
+
+    exit_code = 1
+
+
+class PluginError(XlevalError):
+    """A plugin could not be loaded, registered something invalid, or clashes with another."""
+
+
+class PluginLoadError(PluginError):
+    """A plugin failed to import or register; raised when its components are used."""
+
+
+class DuplicateComponentError(PluginError):
+    """Two plugins registered the same component name for the same kind."""
+
+
+class UnknownComponentError(XlevalError):
+    """A component name that no loaded plugin registered."""
+
+
+class OptionsError(XlevalError):
+    """A component's options do not match its JSON Schema."""
+
+
+class DataError(XlevalError):
+    """A data file or dataset is malformed: the message names file:line, field and value."""
+
+
+class SpecError(XlevalError):
+    """An experiment spec is invalid: the message lists every error with its JSON path."""
