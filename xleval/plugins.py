@@ -116,9 +116,7 @@ def get_plugin_manager(
     return pm
 
 
-def load_entry_point(
-    pm: XlevalPluginManager, ep: metadata.EntryPoint, disabled: set[str]
-) -> None:
+def load_entry_point(pm: XlevalPluginManager, ep: metadata.EntryPoint, disabled: set[str]) -> None:
     dist = getattr(ep, "dist", None)
     record = PluginRecord(
         name=ep.name,

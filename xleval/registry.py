@@ -89,7 +89,9 @@ def format_path(path: Iterable[Any]) -> str:
 def schema_errors(schema: dict[str, Any], instance: Any) -> list[str]:
     """Every way ``instance`` violates ``schema``, each as 'at PATH: WHAT', in a stable order."""
     validator = validator_for(schema)(schema)
-    errors = sorted(validator.iter_errors(instance), key=lambda e: (list(map(str, e.path)), e.message))
+    errors = sorted(
+        validator.iter_errors(instance), key=lambda e: ([str(p) for p in e.path], e.message)
+    )
     return [f"at '{format_path(e.absolute_path)}': {e.message}" for e in errors]
 
 
@@ -199,6 +201,5 @@ def check_registration(component: Component) -> None:
             validator_for(component.schema).check_schema(component.schema)
         except jsonschema.SchemaError as exc:
             raise PluginError(
-                f"{where} as '{component.name}': schema is not a valid JSON Schema: "
-                f"{exc.message}"
+                f"{where} as '{component.name}': schema is not a valid JSON Schema: {exc.message}"
             ) from exc

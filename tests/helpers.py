@@ -1,0 +1,64 @@
+"""Small plugin objects for tests: each registers what a test needs, nothing more."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from xleval.hookspecs import hookimpl
+
+REPO = Path(__file__).parent.parent
+
+RATE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "rate": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5},
+        "mode": {"enum": ["fast", "exact"], "default": "fast"},
+        "ngram_range": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 1},
+            "minItems": 2,
+            "maxItems": 2,
+        },
+    },
+    "additionalProperties": False,
+}
+
+
+def echo_factory(options: dict[str, Any]) -> SimpleNamespace:
+    """A component that remembers the options it was built with."""
+    return SimpleNamespace(options=options)
+
+
+class MetricPlugin:
+    """Registers one metric under a chosen name."""
+
+    def __init__(self, name: str = "echo", schema: dict | None = RATE_SCHEMA, plugin_name="a"):
+        self.metric_name = name
+        self.schema = schema
+        self.__name__ = plugin_name
+
+    @hookimpl
+    def xleval_register_metrics(self, register):
+        register(self.metric_name, echo_factory, schema=self.schema, description="echo")
+
+
+def xleval_subprocess(args: list[str], *, pythonpath: Path | None = None, **env: str):
+    """Run the real ``xleval`` console entry point in a child process."""
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("XLEVAL_")}
+    child_env.update(env)
+    if pythonpath is not None:
+        child_env["PYTHONPATH"] = str(pythonpath)
+    script = Path(sys.executable).parent / "xleval"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "xleval"]
+    return subprocess.run(
+        [*command, *args],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        cwd=REPO,
+    )

@@ -1,0 +1,98 @@
+"""A real third-party package (tests/fixtures), installed with pip, found through entry points."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import xleval_subprocess
+
+from xleval.errors import PluginLoadError
+from xleval.plugins import get_plugin_manager
+
+pytestmark = pytest.mark.usefixtures("clean_plugin_env")
+
+
+def test_fixture_package_is_discovered_with_its_distribution(with_plugin_site):
+    pm = get_plugin_manager(strict=False)
+    record = pm.records["example"]
+    assert record.status == "ok"
+    assert (record.distribution, record.version) == ("xleval-example-plugin", "1.2.0")
+    assert record.to_json()["components"] == {
+        "metrics": ["top_k_accuracy"],
+        "fusion_strategies": ["majority-vote"],
+    }
+
+
+def test_fixture_components_work_through_the_registry(with_plugin_site):
+    registry = get_plugin_manager(strict=False).registry
+    probs = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7], [0.6, 0.1, 0.3]])
+    y_true = torch.tensor([1, 0, 2])
+    top2 = registry.build("metrics", "top_k_accuracy")
+    assert top2.higher_is_better is True
+    assert top2.compute(y_true, probs) == pytest.approx(2 / 3)
+    assert registry.build("metrics", "top_k_accuracy", {"k": 1}).compute(y_true, probs) == 0.0
+
+    scores = torch.tensor([[[2.0, 0.0]], [[0.0, 1.0]], [[3.0, 1.0]]])  # 3 models, 1 example
+    fused = registry.build("fusion_strategies", "majority-vote").fuse(scores)
+    assert torch.allclose(fused, torch.tensor([[2 / 3, 1 / 3]]))
+
+
+def test_broken_package_is_isolated_and_reported(with_plugin_site):
+    pm = get_plugin_manager(strict=False)
+    record = pm.records["broken"]
+    assert record.status == "failed"
+    assert record.distribution == "xleval-broken-plugin"
+    assert record.error == (
+        "ImportError: xleval_broken_plugin needs the package 'not-installed-anywhere'"
+    )
+    assert pm.records["example"].status == "ok"
+    with pytest.raises(PluginLoadError, match="not-installed-anywhere"):
+        pm.registry.get("metrics", "needs_broken")
+
+
+def test_broken_package_is_fatal_in_strict_mode(with_plugin_site):
+    with pytest.raises(PluginLoadError, match="'broken': ImportError"):
+        get_plugin_manager(strict=True)
+
+
+def test_cli_lists_fixture_and_broken_plugin(plugin_site):
+    result = xleval_subprocess(["plugins"], pythonpath=plugin_site)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    example = next(line for line in lines if line.startswith("example "))
+    assert "xleval-example-plugin" in example and "1.2.0" in example and " ok" in example
+    assert "fusion strategy: majority-vote" in example
+    assert "metric: top_k_accuracy" in result.stdout
+    broken = next(line for line in lines if line.startswith("broken "))
+    assert "failed: ImportError: xleval_broken_plugin" in broken
+
+
+def test_cli_json_lists_them_for_machines(plugin_site):
+    result = xleval_subprocess(["plugins", "--json"], pythonpath=plugin_site)
+    records = {r["name"]: r for r in json.loads(result.stdout)}
+    assert records["example"]["components"] == {
+        "fusion_strategies": ["majority-vote"],
+        "metrics": ["top_k_accuracy"],
+    }
+    assert records["broken"]["status"] == "failed"
+
+
+def test_cli_strict_mode_is_one_line_error_without_traceback(plugin_site):
+    result = xleval_subprocess(["plugins"], pythonpath=plugin_site, XLEVAL_STRICT_PLUGINS="1")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: plugin problems (XLEVAL_STRICT_PLUGINS is set):")
+    assert "'broken': ImportError" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_can_disable_the_broken_plugin(plugin_site):
+    result = xleval_subprocess(
+        ["--strict-plugins", "--disable-plugin", "broken", "plugins", "--json"],
+        pythonpath=plugin_site,
+    )
+    assert result.returncode == 0, result.stderr
+    records = {r["name"]: r for r in json.loads(result.stdout)}
+    assert records["broken"]["status"] == "disabled"
+    assert records["example"]["status"] == "ok"
