@@ -17,6 +17,7 @@ import click
 from tabulate import tabulate
 
 from xleval import __version__
+from xleval.cli_datasets import datasets_group
 from xleval.errors import XlevalError
 from xleval.hookspecs import KIND_HOOKS
 from xleval.plugins import XlevalPluginManager, get_plugin_manager
@@ -113,6 +114,7 @@ def build_cli(plugin_manager_factory: PluginManagerFactory = get_plugin_manager)
                 if r.traceback:
                     click.echo(f"\n--- {r.name} ---\n{r.traceback}", err=True)
 
+    cli.add_command(datasets_group())
     return cli
 
 
