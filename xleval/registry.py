@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
+from jsonschema.exceptions import best_match
 from jsonschema.validators import validator_for
 
 from xleval.errors import (
@@ -78,21 +79,40 @@ class Component:
         return self.factory(self.resolve_options(options))
 
 
-def format_path(path: Iterable[Any]) -> str:
-    """Render a jsonschema path like ``ngram_range[0]``; the empty path is ``(options)``."""
+def format_path(path: Iterable[Any], root: str = "(options)") -> str:
+    """Render a jsonschema path like ``ngram_range[0]``; the empty path is ``root``."""
     out = ""
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(options)"
+    return out or root
 
 
-def schema_errors(schema: dict[str, Any], instance: Any) -> list[str]:
+def schema_errors(schema: dict[str, Any], instance: Any, root: str = "(options)") -> list[str]:
     """Every way ``instance`` violates ``schema``, each as 'at PATH: WHAT', in a stable order."""
     validator = validator_for(schema)(schema)
-    errors = sorted(
-        validator.iter_errors(instance), key=lambda e: ([str(p) for p in e.path], e.message)
-    )
-    return [f"at '{format_path(e.absolute_path)}': {e.message}" for e in errors]
+    found = [explain(e) for e in validator.iter_errors(instance)]
+    found.sort(key=lambda pair: ([str(p) for p in pair[0]], pair[1]))
+    return [f"at '{format_path(path, root)}': {message}" for path, message in found]
+
+
+def explain(error: jsonschema.ValidationError) -> tuple[Any, str]:
+    """The path and message that best say what is wrong.
+
+    For oneOf/anyOf, "is not valid under any of the given schemas" says little. The branch
+    whose type matched the value is the one the user meant, so its error is reported (e.g.
+    the unexpected key in an object); when no branch's type matched, every alternative is
+    listed.
+    """
+    if not error.context:
+        return error.absolute_path, error.message
+    meant = [
+        e for e in error.context if e.relative_path or e.validator not in ("type", "const", "enum")
+    ]
+    if meant:
+        best = best_match(meant)
+        return best.absolute_path, best.message
+    alternatives = " or ".join(dict.fromkeys(e.message for e in error.context))
+    return error.absolute_path, f"expected one of: {alternatives}"
 
 
 def fill_defaults(schema: dict[str, Any], value: Any) -> Any:

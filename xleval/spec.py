@@ -1,0 +1,268 @@
+"""Experiment specs: read (TOML, JSON, YAML), validate against the schema and every plugin's
+option schema, and resolve into frozen records with all defaults filled in.
+
+Every problem is reported at once, each with its JSON path, so a user fixes a spec in one pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from xleval.errors import OptionsError, SpecError, XlevalError
+from xleval.registry import Registry, fill_defaults, schema_errors
+from xleval.resources import load_schema
+
+PROTOCOLS: tuple[str, ...] = ("target-only", "zero-shot", "transfer", "fusion", "joint")
+DEFAULT_TRANSFER = "weight-copy"
+DEFAULT_FUSION = "exp-sum"
+
+
+@dataclass(frozen=True)
+class ComponentRef:
+    """A plugin component by name, with its options resolved (validated, defaults filled)."""
+
+    name: str
+    options: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "options": copy.deepcopy(self.options)}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method: a protocol plus the components and training options it uses."""
+
+    label: str
+    protocol: str
+    model: ComponentRef
+    training: dict[str, Any]
+    transfer: ComponentRef | None = None
+    fusion: ComponentRef | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "label": self.label,
+            "protocol": self.protocol,
+            "model": self.model.to_json(),
+            "training": copy.deepcopy(self.training),
+        }
+        if self.transfer is not None:
+            out["transfer"] = self.transfer.to_json()
+        if self.fusion is not None:
+            out["fusion"] = self.fusion.to_json()
+        return out
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """A validated experiment: everything the runner needs, nothing left to default."""
+
+    name: str
+    dataset: ComponentRef
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    shots: tuple[int | str, ...]
+    seeds: tuple[int, ...]
+    metrics: tuple[ComponentRef, ...]
+    main_metric: str
+    executor: ComponentRef
+    statistics: dict[str, Any]
+    methods: tuple[MethodSpec, ...]
+    description: str = ""
+
+    def method(self, label: str) -> MethodSpec:
+        return next(m for m in self.methods if m.label == label)
+
+    def to_json(self) -> dict[str, Any]:
+        """The resolved spec, as written into reports (it validates against the schema)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "dataset": self.dataset.to_json(),
+            "source": list(self.sources),
+            "targets": list(self.targets),
+            "shots": list(self.shots),
+            "seeds": list(self.seeds),
+            "metrics": [m.to_json() for m in self.metrics],
+            "main_metric": self.main_metric,
+            "executor": self.executor.to_json(),
+            "statistics": copy.deepcopy(self.statistics),
+            "methods": [m.to_json() for m in self.methods],
+        }
+
+
+def read_spec_file(path: str | Path) -> dict[str, Any]:
+    """Parse a spec file by its extension; errors name the file (and line where known)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            data = _load_yaml(path, text)
+        else:
+            raise SpecError(f"{path}: unknown spec format '{suffix}' (use .toml, .json or .yaml)")
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: invalid TOML: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: the spec must be a table/object, not {type(data).__name__}")
+    return data
+
+
+def _load_yaml(path: Path, text: str) -> Any:
+    try:
+        import yaml
+    except ImportError:
+        raise SpecError(
+            f"{path}: YAML specs need PyYAML (pip install pyyaml); or use TOML/JSON"
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: invalid YAML: {exc}") from None
+
+
+def component_ref(value: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    if isinstance(value, str):
+        return value, {}
+    return value["name"], dict(value.get("options", {}))
+
+
+def load_spec(path: str | Path, registry: Registry) -> ExperimentSpec:
+    """Read, validate and resolve a spec file in one step."""
+    return resolve_spec(read_spec_file(path), registry, source=str(path))
+
+
+def resolve_spec(
+    raw: Mapping[str, Any], registry: Registry, *, source: str = "spec"
+) -> ExperimentSpec:
+    """Validate ``raw`` (schema, cross-field rules, plugin options) and resolve it.
+
+    Raises ``SpecError`` listing every problem found, each prefixed by its JSON path.
+    """
+    schema = load_schema("experiment")
+    errors = schema_errors(schema, dict(raw), root="(spec)")
+    if errors:
+        raise _spec_error(source, errors)
+    spec = fill_defaults(schema, copy.deepcopy(dict(raw)))
+    errors = []
+
+    def resolve(kind: str, value: Any, where: str) -> ComponentRef | None:
+        name, options = component_ref(value)
+        try:
+            return ComponentRef(name, registry.get(kind, name).resolve_options(options))
+        except XlevalError as exc:
+            errors.append(f"at '{where}': {exc}")
+            return None
+
+    sources = (spec["source"],) if isinstance(spec["source"], str) else tuple(spec["source"])
+    targets = tuple(spec["targets"])
+    for i, target in enumerate(targets):
+        if target in sources:
+            errors.append(f"at 'targets[{i}]': '{target}' is also a source language")
+
+    metrics = [resolve("metrics", m, f"metrics[{i}]") for i, m in enumerate(spec["metrics"])]
+    metric_names = [component_ref(m)[0] for m in spec["metrics"]]
+    if len(set(metric_names)) != len(metric_names):
+        errors.append("at 'metrics': a metric is listed twice")
+    if spec["main_metric"] not in metric_names:
+        errors.append(
+            f"at 'main_metric': '{spec['main_metric']}' is not one of the metrics "
+            f"({', '.join(metric_names)})"
+        )
+    dataset = resolve("datasets", spec["dataset"], "dataset")
+    executor = resolve("executors", spec["executor"], "executor")
+
+    methods = []
+    labels: list[str] = []
+    for i, m in enumerate(spec["methods"]):
+        where = f"methods[{i}]"
+        label = m.get("label", m["protocol"])
+        if label in labels:
+            errors.append(
+                f"at '{where}.label': '{label}' is used by two methods; labels are unique"
+            )
+        labels.append(label)
+        model = resolve("models", m.get("model", spec["model"]), f"{where}.model")
+        training = _resolve_training(
+            {**spec["training"], **m.get("training", {})}, f"{where}.training", errors
+        )
+        transfer = fusion = None
+        if m["protocol"] == "transfer":
+            transfer = resolve(
+                "transfer_strategies", m.get("transfer", DEFAULT_TRANSFER), f"{where}.transfer"
+            )
+        elif "transfer" in m:
+            errors.append(f"at '{where}.transfer': only the 'transfer' protocol uses one")
+        if m["protocol"] == "fusion":
+            fusion = resolve(
+                "fusion_strategies", m.get("fusion", DEFAULT_FUSION), f"{where}.fusion"
+            )
+        elif "fusion" in m:
+            errors.append(f"at '{where}.fusion': only the 'fusion' protocol uses one")
+        if model is not None and training is not None:
+            methods.append(MethodSpec(label, m["protocol"], model, training, transfer, fusion))
+
+    statistics = spec["statistics"]
+    if statistics["baseline"] is not None and statistics["baseline"] not in labels:
+        errors.append(
+            f"at 'statistics.baseline': '{statistics['baseline']}' is not a method label "
+            f"({', '.join(labels)})"
+        )
+    for i, pair in enumerate(statistics["compare"]):
+        for j, label in enumerate(pair):
+            if label not in labels:
+                errors.append(f"at 'statistics.compare[{i}][{j}]': '{label}' is not a method label")
+
+    if errors:
+        raise _spec_error(source, errors)
+    return ExperimentSpec(
+        name=spec.get("name", Path(source).stem),
+        description=spec.get("description", ""),
+        dataset=dataset,
+        sources=sources,
+        targets=targets,
+        shots=tuple(spec["shots"]),
+        seeds=tuple(spec["seeds"]),
+        metrics=tuple(metrics),
+        main_metric=spec["main_metric"],
+        executor=executor,
+        statistics=statistics,
+        methods=tuple(methods),
+    )
+
+
+def _resolve_training(
+    options: dict[str, Any], where: str, errors: list[str]
+) -> dict[str, Any] | None:
+    from xleval.training import resolve_training_options  # torch is imported only when needed
+
+    try:
+        return resolve_training_options(options)
+    except OptionsError as exc:
+        errors.append(f"at '{where}': {exc}")
+        return None
+
+
+def _spec_error(source: str, errors: list[str]) -> SpecError:
+    count = f"{len(errors)} error{'s' if len(errors) > 1 else ''}"
+    return SpecError(f"{source}: {count}:\n" + "\n".join(f"  - {e}" for e in errors))
