@@ -44,6 +44,13 @@ def xleval_register_models(register: Register) -> None:
     ``build(n_classes: int) -> TextClassifier``, where a TextClassifier is a
     ``torch.nn.Module`` with ``featurize(texts) -> batch`` and
     ``forward(batch) -> Tensor[n, n_classes]`` (unnormalised scores).
+    The trainer cuts ``batch`` into mini-batches, so it is a Tensor whose first dimension
+    indexes the texts, or an object with ``len()`` and ``select(indices) -> batch``.
+    Optional: ``prepare(train_texts)``, called once after ``build`` and before any
+    transfer or training, with the texts the model will be trained on (for parameters
+    that depend on them, e.g. a per-training-set vocabulary). Embedding modules with
+    ``sparse=True`` get sparse-capable optimisers; parameters with
+    ``requires_grad=False`` are not trained.
     """
 
 
@@ -52,7 +59,9 @@ def xleval_register_transfer_strategies(register: Register) -> None:
     """Register transfer strategies (how a source model's knowledge reaches a target model).
 
     Contract: ``factory(options)`` returns an object with
-    ``transfer(source_model, target_model) -> target_model``.
+    ``transfer(source_model, target_model) -> target_model``. It must not modify
+    ``source_model`` (trained models are shared between cells). An optional ``last_report``
+    dict (e.g. how many rows were copied) is put in the cell result.
     """
 
 

@@ -1,0 +1,247 @@
+"""The five methods: option checks, cell results, artifact reuse, determinism, ddtp-sections."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from xleval.data import Example, MultilingualDataset
+from xleval.errors import OptionsError, UnknownComponentError
+from xleval.methods import (
+    PROTOCOLS,
+    ArtifactCache,
+    MethodError,
+    make_method,
+    run_cell,
+)
+from xleval.plugins import get_plugin_manager
+
+FAST = {"model_options": {"buckets": 5000, "dim": 16}, "training": {"epochs": 10}}
+METRICS = ("accuracy", "macro_f1", "nll")
+KEYWORDS = {"admin": ["sudo", "cron", "backup"], "games": ["chess", "tetris", "doom"],
+            "sound": ["alsa", "midi", "jack"]}  # fmt: skip
+FILLER = {"en": ["the", "tool", "for", "simple", "program", "with"],
+          "de": ["das", "werkzeug", "für", "einfach", "programm", "mit"],
+          "fr": ["le", "outil", "pour", "simple", "logiciel", "avec"]}  # fmt: skip
+
+
+def synthetic_dataset() -> MultilingualDataset:
+    """Three languages whose classes show through keywords shared by every language (like
+    the package names that make ddtp-sections transferable)."""
+    rng = random.Random(0)
+    examples = []
+    for label, words in KEYWORDS.items():
+        for i in range(21):
+            split = "train" if i < 12 else "dev" if i < 15 else "test"
+            keyword = rng.choice(words)
+            for lang, filler in FILLER.items():
+                text = " ".join([keyword, *rng.sample(filler, 4)])
+                examples.append(
+                    Example(f"{lang}:{label}{i}", f"{label}{i}", lang, label, text, split)
+                )
+    return MultilingualDataset("synthetic", tuple(examples))
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return get_plugin_manager().registry
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return synthetic_dataset()
+
+
+def method(registry, protocol, **options):
+    return make_method(protocol, {**FAST, **options}, registry=registry)
+
+
+def test_make_method_resolves_every_components_defaults(registry):
+    transfer = make_method("transfer", {"training": {"epochs": 3}}, registry=registry)
+    assert transfer.options["model"] == "bag-of-embeddings"
+    assert transfer.options["model_options"]["buckets"] > 0
+    assert transfer.options["training"]["epochs"] == 3
+    assert transfer.options["finetune"] == transfer.options["training"]
+    assert transfer.options["transfer"] == "weight-copy"
+    fusion = make_method("fusion", {"fusion_options": {"on": "log_probs"}}, registry=registry)
+    assert fusion.options["fusion_options"] == {"on": "log_probs", "weights": None}
+
+
+@pytest.mark.parametrize(
+    "protocol, options, error, match",
+    [("self-training", {}, OptionsError, "unknown method"),
+     ("zero-shot", {"fusion": "exp-sum"}, OptionsError, "fusion"),
+     ("zero-shot", {"model_options": {"dim": 0}}, OptionsError, "dim"),
+     ("joint", {"training": {"batch_size": 1}}, OptionsError, "batch_size"),
+     ("transfer", {"transfer": "nope"}, UnknownComponentError, "nope"),
+     ("zero-shot", {"model": "cnn"}, UnknownComponentError, "cnn")],
+)  # fmt: skip
+def test_make_method_rejects_bad_options_early(registry, protocol, options, error, match):
+    with pytest.raises(error, match=match):
+        make_method(protocol, options, registry=registry)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_every_method_runs_a_cell(registry, dataset, protocol):
+    result = run_cell(
+        method(registry, protocol),
+        dataset,
+        ["en", "fr"],
+        "de",
+        4,
+        0,
+        registry=registry,
+        metrics=METRICS,
+    )
+    assert set(result.metrics) == set(METRICS)
+    assert set(result.source_metrics) == {"en", "fr"}
+    assert result.n_test == {"de": 18, "en": 18, "fr": 18}
+    assert result.n_shots == 12  # 4 shots x 3 classes, sampled whatever the method uses
+    assert result.metrics["accuracy"] > 0.8  # the shared keywords make this easy
+    predictions = result.predictions["de"]
+    assert predictions.ids == tuple(e.id for e in dataset.select("de", "test"))
+    assert torch.allclose(predictions.probs.sum(1), torch.ones(18), atol=1e-5)
+    assert result.train_seconds > 0 and result.eval_seconds >= 0
+    report = result.to_json()
+    json.dumps(report)
+    assert report["predictions"]["de"]["true"][0] == dataset.select("de", "test")[0].label
+
+
+def test_target_only_without_shots_is_an_error(registry, dataset):
+    with pytest.raises(MethodError, match="target-only needs target training examples"):
+        run_cell(method(registry, "target-only"), dataset, ["en"], "de", 0, 0, registry=registry)
+
+
+@pytest.mark.parametrize(
+    "sources, target, match",
+    [
+        (["de"], "de", "also a source"),
+        (["xx"], "de", "no language"),
+        ([], "de", "at least one source"),
+    ],
+)
+def test_bad_languages_are_errors(registry, dataset, sources, target, match):
+    with pytest.raises(MethodError, match=match):
+        run_cell(method(registry, "zero-shot"), dataset, sources, target, 4, 0, registry=registry)
+
+
+def test_transfer_with_zero_shots_is_the_copied_source_model(registry, dataset):
+    cache = ArtifactCache()
+    zero = run_cell(
+        method(registry, "zero-shot"),
+        dataset,
+        ["en"],
+        "de",
+        0,
+        0,
+        registry=registry,
+        artifacts=cache,
+    )
+    moved = run_cell(
+        method(registry, "transfer"),
+        dataset,
+        ["en"],
+        "de",
+        0,
+        0,
+        registry=registry,
+        artifacts=cache,
+    )
+    assert [t["role"] for t in moved.training] == ["source"]  # no fine-tuning at k = 0
+    assert moved.training[0]["cached"] is True
+    assert moved.transfer["mode"] == "state_dict"
+    assert torch.equal(moved.predictions["de"].probs, zero.predictions["de"].probs)
+
+
+def test_shared_models_are_trained_once_per_cache(registry, dataset):
+    cache = ArtifactCache()
+    run = {
+        p: run_cell(
+            method(registry, p), dataset, ["en"], "de", 4, 0, registry=registry, artifacts=cache
+        )
+        for p in ("zero-shot", "target-only", "fusion")
+    }
+    fusion_training = run["fusion"].training
+    assert [(t["role"], t["cached"]) for t in fusion_training] == [
+        ("source", True),
+        ("target", True),
+    ]
+    assert run["fusion"].fused_models == ["en", "de"]
+    models = [key for key in cache._items if key.startswith("model:")]
+    assert len(models) == 2  # the en model and the de 4-shot model
+
+
+def test_same_seed_same_results_different_seed_different_shots(registry, dataset):
+    def once(seed):
+        return run_cell(
+            method(registry, "transfer"),
+            dataset,
+            ["en"],
+            "de",
+            4,
+            seed,
+            registry=registry,
+            metrics=METRICS,
+        )
+
+    a, b, c = once(3), once(3), once(4)
+    assert a.metrics == b.metrics
+    assert torch.equal(a.predictions["de"].probs, b.predictions["de"].probs)
+    assert not torch.equal(a.predictions["de"].probs, c.predictions["de"].probs)
+
+
+@pytest.fixture(scope="module")
+def ddtp(registry):
+    return registry.build("datasets", "ddtp-sections", {"languages": ["en", "de"]}).load()
+
+
+def test_five_methods_on_ddtp_sections_en_to_de(registry, ddtp):
+    """en -> de with 8 shots and default options: the cross-lingual methods must be far
+    above chance (1/8) on German, and the English test split stays well predicted."""
+    cache = ArtifactCache()
+    accuracy = {}
+    for protocol in PROTOCOLS:
+        result = run_cell(
+            make_method(protocol, {}, registry=registry),
+            ddtp,
+            ["en"],
+            "de",
+            8,
+            0,
+            registry=registry,
+            metrics=METRICS,
+            artifacts=cache,
+        )
+        assert result.n_shots == 64 and result.n_test["de"] == len(ddtp.select("de", "test"))
+        accuracy[protocol] = (result.metrics["accuracy"], result.source_metrics["en"]["accuracy"])
+    chance = 1 / len(ddtp.labels)
+    assert accuracy["zero-shot"][0] > 0.5, accuracy
+    assert accuracy["transfer"][0] > 0.5, accuracy
+    assert accuracy["joint"][0] > 0.5 and accuracy["fusion"][0] > 0.5, accuracy
+    assert accuracy["target-only"][0] > 2 * chance, accuracy
+    assert accuracy["zero-shot"][1] > 0.75, accuracy  # the source model on its own language
+
+
+def test_results_do_not_depend_on_which_cell_trained_a_shared_model(registry, dataset):
+    """joint with k = 0 trains exactly the zero-shot source model: whichever cell trains it
+    first, the other must get the same model."""
+    shared = ArtifactCache()
+    run_cell(
+        method(registry, "joint"), dataset, ["en"], "de", 0, 0, registry=registry, artifacts=shared
+    )
+    after_joint = run_cell(
+        method(registry, "zero-shot"),
+        dataset,
+        ["en"],
+        "de",
+        0,
+        0,
+        registry=registry,
+        artifacts=shared,
+    )
+    assert after_joint.training[0]["cached"] is True
+    fresh = run_cell(method(registry, "zero-shot"), dataset, ["en"], "de", 0, 0, registry=registry)
+    assert torch.equal(after_joint.predictions["de"].probs, fresh.predictions["de"].probs)
