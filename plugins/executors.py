@@ -1,10 +1,105 @@
-"""Bundled executors: where an experiment's cells run."""
+"""Bundled executors: ``local`` (this process) and ``processes`` (a pool using the cores).
+
+An executor only decides where ``fn(cell)`` runs; the runner caches each result as it
+arrives, so an executor yields results as they complete, in any order.
+"""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Any
 
 from xleval.hookspecs import Register, hookimpl
 
 
+class LocalExecutor:
+    """Runs cells one after another in this process: simplest to debug, no pickling."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+
+    def map(self, fn: Callable[[Any], Any], cells: Iterable[Any]) -> Iterator[Any]:
+        for cell in cells:
+            yield fn(cell)
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class ProcessExecutor:
+    """Runs cells in a pool of worker processes; workers x threads never exceeds the cores."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        cores = os.cpu_count() or 1
+        self.workers = options.get("workers") or cores
+        self.threads = options.get("threads_per_worker") or max(1, cores // self.workers)
+
+    def map(self, fn: Callable[[Any], Any], cells: Iterable[Any]) -> Iterator[Any]:
+        cells = list(cells)
+        if not cells:
+            return
+        # Keep at most 2 tasks per worker in flight, so an interrupted run wastes little and
+        # results stream back in roughly submission order (shared artifacts first).
+        with ProcessPoolExecutor(
+            max_workers=min(self.workers, len(cells)),
+            initializer=_init_worker,
+            initargs=(self.threads,),
+        ) as pool:
+            pending = set()
+            queue = iter(cells)
+            try:
+                for cell in queue:
+                    pending.add(pool.submit(fn, cell))
+                    if len(pending) >= 2 * self.workers:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            yield future.result()
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        yield future.result()
+            finally:
+                for future in pending:
+                    future.cancel()
+
+
+WORKERS_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "workers": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "default": None,
+            "description": "Worker processes; null: one per core.",
+        },
+        "threads_per_worker": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "default": None,
+            "description": "torch threads in each worker; null: cores // workers.",
+        },
+    },
+}
+
+
 @hookimpl
 def xleval_register_executors(register: Register) -> None:
-    """Register the bundled executors (none yet: later issues add them here)."""
+    """Register ``local`` and ``processes``."""
+    register(
+        "local",
+        LocalExecutor,
+        schema={"type": "object", "additionalProperties": False, "properties": {}},
+        description="Run cells one after another in this process.",
+    )
+    register(
+        "processes",
+        ProcessExecutor,
+        schema=WORKERS_SCHEMA,
+        description="Run cells in parallel worker processes on this machine.",
+    )

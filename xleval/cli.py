@@ -18,6 +18,7 @@ from tabulate import tabulate
 
 from xleval import __version__
 from xleval.cli_datasets import datasets_group
+from xleval.cli_run import add_run_commands
 from xleval.errors import XlevalError
 from xleval.hookspecs import KIND_HOOKS
 from xleval.plugins import XlevalPluginManager, get_plugin_manager
@@ -115,6 +116,7 @@ def build_cli(plugin_manager_factory: PluginManagerFactory = get_plugin_manager)
                     click.echo(f"\n--- {r.name} ---\n{r.traceback}", err=True)
 
     cli.add_command(datasets_group())
+    add_run_commands(cli)
     return cli
 
 

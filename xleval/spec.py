@@ -45,6 +45,7 @@ class MethodSpec:
     training: dict[str, Any]
     transfer: ComponentRef | None = None
     fusion: ComponentRef | None = None
+    finetune: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -57,6 +58,8 @@ class MethodSpec:
             out["transfer"] = self.transfer.to_json()
         if self.fusion is not None:
             out["fusion"] = self.fusion.to_json()
+        if self.finetune is not None:
+            out["finetune"] = copy.deepcopy(self.finetune)
         return out
 
 
@@ -206,13 +209,19 @@ def resolve_spec(
         training = _resolve_training(
             {**spec["training"], **m.get("training", {})}, f"{where}.training", errors
         )
-        transfer = fusion = None
+        transfer = fusion = finetune = None
         if m["protocol"] == "transfer":
             transfer = resolve(
                 "transfer_strategies", m.get("transfer", DEFAULT_TRANSFER), f"{where}.transfer"
             )
-        elif "transfer" in m:
-            errors.append(f"at '{where}.transfer': only the 'transfer' protocol uses one")
+            if "finetune" in m:
+                finetune = _resolve_training(
+                    {**(training or {}), **m["finetune"]}, f"{where}.finetune", errors
+                )
+        else:
+            for key in ("transfer", "finetune"):
+                if key in m:
+                    errors.append(f"at '{where}.{key}': only the 'transfer' protocol uses one")
         if m["protocol"] == "fusion":
             fusion = resolve(
                 "fusion_strategies", m.get("fusion", DEFAULT_FUSION), f"{where}.fusion"
@@ -220,7 +229,9 @@ def resolve_spec(
         elif "fusion" in m:
             errors.append(f"at '{where}.fusion': only the 'fusion' protocol uses one")
         if model is not None and training is not None:
-            methods.append(MethodSpec(label, m["protocol"], model, training, transfer, fusion))
+            methods.append(
+                MethodSpec(label, m["protocol"], model, training, transfer, fusion, finetune)
+            )
 
     statistics = spec["statistics"]
     if statistics["baseline"] is not None and statistics["baseline"] not in labels:

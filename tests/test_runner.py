@@ -1,0 +1,288 @@
+"""End to end on a tiny spec: grid, cache and resume, failure isolation, rescore, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+from helpers import write_synthetic_dataset
+
+from xleval.cli import build_cli
+from xleval.hookspecs import hookimpl
+from xleval.plugins import get_plugin_manager
+from xleval.report import read_report
+from xleval.runner import expand_grid
+from xleval.spec import resolve_spec
+
+pytestmark = pytest.mark.usefixtures("clean_plugin_env")
+
+METHODS = """
+[[methods]]
+protocol = "target-only"
+[[methods]]
+protocol = "zero-shot"
+[[methods]]
+protocol = "transfer"
+[[methods]]
+protocol = "fusion"
+[[methods]]
+protocol = "joint"
+"""
+
+
+def write_spec(tmp_path: Path, *, executor="local", epochs=5, extra_methods="", seeds=(1, 2)):
+    data = write_synthetic_dataset(tmp_path / "syn.jsonl")
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(
+        f"""name = "tiny"
+dataset = {{ name = "jsonl", options = {{ path = "{data}" }} }}
+source = "en"
+targets = ["de", "fr"]
+shots = [0, 4]
+seeds = {list(seeds)}
+metrics = ["accuracy", "nll"]
+executor = "{executor}"
+model = {{ name = "bag-of-embeddings", options = {{ dim = 16, buckets = 20000 }} }}
+training = {{ epochs = {epochs} }}
+{METHODS}{extra_methods}"""
+    )
+    return spec
+
+
+def metrics_of(report: dict) -> dict:
+    return {
+        (c["method"], c["target"], c["shots"], c["seed"]): (c["metrics"], c["source_metrics"])
+        for c in report["cells"]
+    }
+
+
+def run(args, *, cli=None):
+    result = CliRunner().invoke(cli or build_cli(), args)
+    return result
+
+
+def test_grid_skips_what_does_not_apply(tmp_path):
+    spec = resolve_spec(
+        {
+            "dataset": "jsonl" if False else {"name": "jsonl", "options": {"path": "x.jsonl"}},
+            "source": "en",
+            "targets": ["de", "fr"],
+            "shots": [0, 8, 32],
+            "seeds": [1, 2, 3],
+            "methods": [
+                {"protocol": p} for p in ("target-only", "zero-shot", "transfer", "fusion", "joint")
+            ],
+        },
+        get_plugin_manager(strict=False).registry,
+    )
+    cells = expand_grid(spec)
+    count = {}
+    for c in cells:
+        count[c.protocol] = count.get(c.protocol, 0) + 1
+    # per target and seed: target-only/fusion/joint 2 (k>0), zero-shot 1, transfer 3
+    assert count == {"target-only": 12, "zero-shot": 6, "transfer": 18, "fusion": 12, "joint": 12}
+    assert {c.shots for c in cells if c.protocol == "zero-shot"} == {0}
+    assert len(set(cells)) == len(cells)
+
+
+def test_run_writes_a_valid_report_and_rerun_recomputes_nothing(tmp_path):
+    spec = write_spec(tmp_path)
+    out = tmp_path / "run"
+    first = run(["run", str(spec), "--out", str(out), "--quiet"])
+    assert first.exit_code == 0, first.output
+    report = read_report(out)
+    assert report["run"]["cells_total"] == 24
+    assert report["run"]["cells_computed"] == 24
+    assert all(c["status"] == "ok" for c in report["cells"])
+    assert "target-only" in first.output and "de k=4" in first.output
+    valid = run(["validate", str(out / "report.json")])
+    assert valid.exit_code == 0 and "valid report (24 cells)" in valid.output
+
+    second = run(["run", str(spec), "--out", str(out), "--quiet"])
+    assert second.exit_code == 0, second.output
+    again = read_report(out)
+    assert again["run"]["cells_computed"] == 0
+    assert again["run"]["cells_cached"] == 24
+    assert metrics_of(again) == metrics_of(report)
+
+
+def test_changing_one_method_recomputes_only_its_cells(tmp_path):
+    spec = write_spec(tmp_path)
+    out = tmp_path / "run"
+    assert run(["run", str(spec), "--out", str(out), "-q"]).exit_code == 0
+    text = spec.read_text().replace(
+        'protocol = "joint"', 'protocol = "joint"\ntraining = { epochs = 6 }'
+    )
+    spec.write_text(text)
+    assert run(["run", str(spec), "--out", str(out), "-q"]).exit_code == 0
+    report = read_report(out)
+    joint_cells = sum(c["method"] == "joint" for c in report["cells"])
+    assert report["run"]["cells_computed"] == joint_cells == 4
+    assert report["run"]["cells_cached"] == 20
+
+
+def test_corrupt_cache_entry_is_recomputed_not_trusted(tmp_path):
+    spec = write_spec(tmp_path)
+    out = tmp_path / "run"
+    assert run(["run", str(spec), "--out", str(out), "-q"]).exit_code == 0
+    before = read_report(out)
+    victims = sorted((out / "cells").glob("*.json"))[:2]
+    victims[0].write_text(victims[0].read_text()[:100])  # truncated
+    envelope = json.loads(victims[1].read_text())
+    envelope["result"]["metrics"]["accuracy"] = 0.123  # edited: checksum no longer matches
+    victims[1].write_text(json.dumps(envelope))
+    result = run(["run", str(spec), "--out", str(out), "-q"])
+    assert result.exit_code == 0
+    assert "corrupt cache entry recomputed" in result.output
+    after = read_report(out)
+    assert after["run"]["cells_computed"] == 2
+    assert metrics_of(after) == metrics_of(before)
+
+
+class ExplodingFusion:
+    """A third-party fusion strategy that always fails."""
+
+    __name__ = "exploding"
+
+    @hookimpl
+    def xleval_register_fusion_strategies(self, register):
+        def build(options):
+            def fuse(scores):
+                raise RuntimeError("fusion exploded")
+
+            return SimpleNamespace(fuse=fuse)
+
+        register("explode", build)
+
+
+def test_failing_plugin_component_fails_only_its_cells(tmp_path):
+    spec = write_spec(
+        tmp_path,
+        extra_methods='[[methods]]\nlabel = "broken"\nprotocol = "fusion"\nfusion = "explode"\n',
+    )
+
+    def factory(**kwargs):
+        return get_plugin_manager(plugins=[ExplodingFusion()], **kwargs)
+
+    out = tmp_path / "run"
+    result = run(["run", str(spec), "--out", str(out), "-q"], cli=build_cli(factory))
+    assert result.exit_code == 3
+    report = read_report(out)
+    failed = [c for c in report["cells"] if c["status"] == "failed"]
+    assert {c["method"] for c in failed} == {"broken"}
+    assert len(failed) == 4
+    assert all(c["error"] == "RuntimeError: fusion exploded" for c in failed)
+    assert sum(c["status"] == "ok" for c in report["cells"]) == 24
+    assert "failed: broken en->de k=4 seed=1: RuntimeError: fusion exploded" in result.output
+
+
+def test_fail_fast_stops_at_the_first_failure(tmp_path):
+    spec = write_spec(
+        tmp_path,
+        extra_methods='[[methods]]\nlabel = "broken"\nprotocol = "fusion"\nfusion = "explode"\n',
+    )
+
+    def factory(**kwargs):
+        return get_plugin_manager(plugins=[ExplodingFusion()], **kwargs)
+
+    out = tmp_path / "run"
+    result = run(["run", str(spec), "--out", str(out), "-q", "--fail-fast"], cli=build_cli(factory))
+    assert result.exit_code == 3
+    report = read_report(out)
+    not_run = [c for c in report["cells"] if c["error"] and c["error"].startswith("not run")]
+    assert not_run, "fail-fast should leave later cells unrun"
+
+
+def test_rescore_reproduces_stored_metrics_exactly(tmp_path):
+    spec = write_spec(tmp_path)
+    out = tmp_path / "run"
+    assert run(["run", str(spec), "--out", str(out), "-q"]).exit_code == 0
+    result = run(["rescore", str(out)])
+    assert result.exit_code == 0, result.output
+    original = read_report(out)
+    rescored = read_report(out / "report.rescored.json")
+    assert metrics_of(rescored) == metrics_of(original)
+    only_acc = run(
+        ["rescore", str(out), "--metrics", "accuracy,brier", "-o", str(tmp_path / "b.json")]
+    )
+    assert only_acc.exit_code == 0, only_acc.output
+    brier = read_report(tmp_path / "b.json")
+    assert all(set(c["metrics"]) == {"accuracy", "brier"} for c in brier["cells"])
+
+
+def test_same_spec_twice_gives_identical_metrics(tmp_path):
+    spec = write_spec(tmp_path)
+    assert run(["run", str(spec), "--out", str(tmp_path / "a"), "-q"]).exit_code == 0
+    assert run(["run", str(spec), "--out", str(tmp_path / "b"), "-q"]).exit_code == 0
+    assert metrics_of(read_report(tmp_path / "a")) == metrics_of(read_report(tmp_path / "b"))
+
+
+def test_local_and_processes_executors_give_identical_metrics(tmp_path):
+    spec = write_spec(tmp_path)
+    assert run(["run", str(spec), "--out", str(tmp_path / "local"), "-q"]).exit_code == 0
+    result = run(["run", str(spec), "--out", str(tmp_path / "procs"), "-q", "--jobs", "2"])
+    assert result.exit_code == 0, result.output
+    procs = read_report(tmp_path / "procs")
+    assert procs["spec"]["executor"] == {
+        "name": "processes",
+        "options": {"workers": 2, "threads_per_worker": None},
+    }
+    assert metrics_of(procs) == metrics_of(read_report(tmp_path / "local"))
+
+
+def test_dry_run_prints_the_grid(tmp_path):
+    result = run(["run", str(write_spec(tmp_path)), "--dry-run"])
+    assert result.exit_code == 0
+    assert "24 cells" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_language_is_a_clear_error(tmp_path):
+    spec = write_spec(tmp_path)
+    spec.write_text(spec.read_text().replace('targets = ["de", "fr"]', 'targets = ["de", "ja"]'))
+    result = run(["run", str(spec), "--out", str(tmp_path / "run"), "-q"])
+    assert result.exit_code == 1
+    assert "error: dataset 'syn.jsonl' has no language(s) ja (it has: de, en, fr)" in result.output
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_finishes_only_missing_cells(tmp_path):
+    spec = write_spec(tmp_path, epochs=60, seeds=(1, 2, 3))
+    out = tmp_path / "run"
+    command = [
+        str(Path(sys.executable).parent / "xleval"),
+        "run",
+        str(spec),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XLEVAL_")}
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if out.joinpath("cells").exists() and len(list(out.joinpath("cells").glob("*.json"))) >= 5:
+            break
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    done = len(list(out.joinpath("cells").glob("*.json")))
+    assert 5 <= done < 36, f"the kill should land mid-run ({done} of 36 done)"
+    assert not (out / "report.json").exists()
+
+    result = run(["run", str(spec), "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    resumed = read_report(out)
+    assert resumed["run"]["cells_cached"] == done
+    assert resumed["run"]["cells_computed"] == 36 - done
+
+    assert run(["run", str(spec), "--out", str(tmp_path / "clean"), "-q"]).exit_code == 0
+    assert metrics_of(resumed) == metrics_of(read_report(tmp_path / "clean"))

@@ -1,0 +1,84 @@
+"""The run directory's store: one file per finished cell, written atomically, verified on read.
+
+A cell's file name is the hash of everything that determines its result, so re-running a
+spec finds what is already done, a changed method recomputes only its own cells, and a
+file that is truncated or edited fails its checksum and is recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def content_key(value: Any) -> str:
+    """A short, stable hash of a JSON-able value (sorted keys, so dict order never matters)."""
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()[:32]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` so ``path`` is either absent, the old file, or complete: never partial."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class CellStore:
+    """Finished cells of one run directory, keyed by content hash."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = Path(run_dir) / "cells"
+        self.corrupt: list[str] = []
+
+    def path(self, key: str) -> Path:
+        return self.dir / f"{key}.json"
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        """The stored result for ``key``, or None if absent or not intact (then it is noted)."""
+        path = self.path(key)
+        try:
+            envelope = json.loads(path.read_text(encoding="utf-8"))
+            result = envelope["result"]
+            intact = (
+                envelope["key"] == key
+                and envelope["sha256"]
+                == hashlib.sha256(canonical_json(result).encode()).hexdigest()
+            )
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            intact = False
+        if not intact:
+            self.corrupt.append(str(path))
+            return None
+        return result
+
+    def save(self, key: str, result: dict[str, Any]) -> None:
+        digest = hashlib.sha256(canonical_json(result).encode()).hexdigest()
+        envelope = {"key": key, "sha256": digest, "result": result}
+        atomic_write_text(self.path(key), canonical_json(envelope))
+
+    def keys(self) -> set[str]:
+        if not self.dir.exists():
+            return set()
+        return {p.stem for p in self.dir.glob("*.json")}

@@ -1,0 +1,308 @@
+"""CLI commands for the main job: run, validate, report, compare, rescore, init."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from tabulate import tabulate
+
+from xleval.cli_datasets import parse_options
+from xleval.errors import XlevalError
+from xleval.resources import specs_dir
+
+if TYPE_CHECKING:
+    from xleval.cli import CliState
+
+EXIT_CELLS_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+class RunError(XlevalError):
+    """A run that cannot start (its languages are not in the dataset, say)."""
+
+
+def prepare_spec(state: CliState, path: str, executor: str | None, executor_options, jobs):
+    """Read the spec, apply command-line overrides, and resolve it against the plugins."""
+    from xleval.spec import read_spec_file, resolve_spec
+
+    raw = read_spec_file(path)
+    if jobs is not None:
+        executor = executor or "processes"
+        executor_options = {"workers": jobs, **executor_options}
+    if executor is not None or executor_options:
+        current = raw.get("executor", "local")
+        name = current if isinstance(current, str) else current.get("name", "local")
+        if executor is not None and executor != name:
+            raw["executor"] = {"name": executor, "options": dict(executor_options)}
+        else:
+            base = {} if isinstance(current, str) else dict(current.get("options", {}))
+            raw["executor"] = {"name": name, "options": {**base, **executor_options}}
+    return resolve_spec(raw, state.pm.registry, source=path)
+
+
+def check_languages(spec, dataset) -> None:
+    missing = [lang for lang in (*spec.sources, *spec.targets) if lang not in dataset.languages]
+    if missing:
+        raise RunError(
+            f"dataset '{dataset.name}' has no language(s) {', '.join(missing)} "
+            f"(it has: {', '.join(dataset.languages)})"
+        )
+
+
+class Progress:
+    """Cells done/total with an ETA on a terminal; silent otherwise or with --quiet."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+
+    def start(self, total: int, cached: int) -> None:
+        if cached:
+            click.echo(f"{cached} of {total} cells already done (cached)", err=True)
+        if self.enabled and total > cached:
+            self.bar = click.progressbar(
+                length=total - cached,
+                label="cells",
+                show_eta=True,
+                show_pos=True,
+                file=sys.stderr,
+            )
+            self.bar.__enter__()
+
+    def advance(self, cell, result) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+        if result["status"] != "ok":
+            message = f"failed: {cell.describe()}: {result['error']}"
+            click.echo(("\n" if self.bar is not None else "") + message, err=True)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def add_run_commands(cli: click.Group) -> None:
+    """Attach run, validate, report, compare, rescore and init to ``cli``."""
+
+    @cli.command("run")
+    @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+    @click.option(
+        "--out",
+        "out_dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Run directory (default: runs/<spec name>). Re-running resumes it.",
+    )
+    @click.option("--executor", default=None, help="Executor plugin (overrides the spec).")
+    @click.option(
+        "--executor-option",
+        "executor_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Executor option; repeatable.",
+    )
+    @click.option(
+        "--jobs",
+        "-j",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Run cells in N worker processes (the 'processes' executor).",
+    )
+    @click.option("--fail-fast", is_flag=True, help="Stop at the first failed cell.")
+    @click.option("--dry-run", is_flag=True, help="Print the grid and cell count; run nothing.")
+    @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+    @click.pass_obj
+    def run_command(
+        state, spec_path, out_dir, executor, executor_options, jobs, fail_fast, dry_run, quiet
+    ):
+        """Run an experiment spec and write RUN_DIR/report.json."""
+        from xleval.report import build_report, write_report
+        from xleval.runner import expand_grid, print_failures, run_cells, write_predictions
+
+        spec = prepare_spec(state, spec_path, executor, parse_options(executor_options), jobs)
+        if dry_run:
+            print_grid(spec, expand_grid(spec))
+            return
+        run_dir = Path(out_dir) if out_dir else Path("runs") / spec.name
+        dataset = state.pm.registry.build("datasets", spec.dataset.name, spec.dataset.options)
+        dataset = dataset.load()
+        check_languages(spec, dataset)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runner = state.pm.registry.build("executors", spec.executor.name, spec.executor.options)
+        progress = Progress(enabled=not quiet and sys.stderr.isatty())
+        try:
+            outcome = run_cells(
+                spec,
+                state.pm,
+                dataset,
+                run_dir,
+                executor=runner,
+                disabled=state.disabled,
+                fail_fast=fail_fast,
+                on_start=progress.start,
+                on_result=progress.advance,
+            )
+        finally:
+            progress.finish()
+        report = build_report(spec, state.pm, dataset, outcome)
+        write_report(report, run_dir / "report.json")
+        write_predictions(run_dir, outcome)
+        table = state.pm.registry.build("reporters", "table", {})
+        table.write(report, None)
+        run = report["run"]
+        click.echo(
+            f"{run['cells_total']} cells: {run['cells_computed']} computed, "
+            f"{run['cells_cached']} cached, {run['cells_failed']} failed, "
+            f"{run['wall_seconds']:.1f} s; report: {run_dir / 'report.json'}",
+            err=True,
+        )
+        for path in outcome.corrupt:
+            click.echo(f"warning: corrupt cache entry recomputed: {path}", err=True)
+        if outcome.interrupted:
+            click.echo("interrupted: finished cells are kept; run again to finish", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        if run["cells_failed"]:
+            print_failures(outcome)
+            sys.exit(EXIT_CELLS_FAILED)
+
+    @cli.command("validate")
+    @click.argument("path", type=click.Path(dir_okay=False))
+    @click.pass_obj
+    def validate_command(state, path):
+        """Check an experiment spec or a report against its schema."""
+        from xleval.report import read_report
+        from xleval.runner import expand_grid
+        from xleval.spec import load_spec
+
+        if path.endswith(".json") and '"schema_version"' in Path(path).read_text(
+            encoding="utf-8", errors="replace"
+        ):
+            report = read_report(path)
+            click.echo(f"ok: {path} is a valid report ({len(report['cells'])} cells)")
+            return
+        spec = load_spec(path, state.pm.registry)
+        click.echo(f"ok: {path} is a valid experiment spec ({len(expand_grid(spec))} cells)")
+
+    @cli.command("report")
+    @click.argument("report_path", metavar="REPORT", type=click.Path())
+    @click.option(
+        "--format",
+        "fmt",
+        default="table",
+        show_default=True,
+        help="A reporter plugin: table, markdown, json, ...",
+    )
+    @click.option(
+        "--output",
+        "-o",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Write here instead of standard output.",
+    )
+    @click.option("--reporter-option", "reporter_options", multiple=True, metavar="KEY=VALUE")
+    @click.pass_obj
+    def report_command(state, report_path, fmt, output, reporter_options):
+        """Render a report (a report.json or a run directory) with a reporter plugin."""
+        from xleval.report import read_report
+
+        report = read_report(report_path)
+        reporter = state.pm.registry.build("reporters", fmt, parse_options(reporter_options))
+        reporter.write(report, output)
+
+    @cli.command("compare")
+    @click.argument("first", type=click.Path())
+    @click.argument("second", type=click.Path())
+    @click.option("--metric", default=None, help="Metric to compare (default: A's main metric).")
+    @click.pass_obj
+    def compare_command(state, first, second, metric):
+        """Put two reports' results for the same cells side by side."""
+        from xleval.report import read_report
+
+        a, b = read_report(first), read_report(second)
+        metric = metric or a["spec"]["main_metric"]
+
+        def means(report):
+            return {
+                (x["method"], x["target"], x["shots"]): x
+                for x in report["aggregates"]
+                if x["metric"] == metric
+            }
+
+        ma, mb = means(a), means(b)
+        common = [k for k in ma if k in mb]
+        if not common:
+            raise XlevalError(f"the two reports share no (method, target, shots) for '{metric}'")
+        rows = [
+            [
+                *k,
+                f"{ma[k]['mean']:.4f}",
+                f"{mb[k]['mean']:.4f}",
+                f"{mb[k]['mean'] - ma[k]['mean']:+.4f}",
+            ]
+            for k in common
+        ]
+        click.echo(tabulate(rows, headers=["method", "target", "shots", "A", "B", "B - A"]))
+        only = len(ma) + len(mb) - 2 * len(common)
+        if only:
+            click.echo(f"\n{only} (method, target, shots) entries are in only one report")
+
+    @cli.command("rescore")
+    @click.argument("run_dir", type=click.Path(file_okay=False))
+    @click.option(
+        "--metrics",
+        "metric_names",
+        default=None,
+        help="Comma-separated metrics (default: the run's own).",
+    )
+    @click.option(
+        "--output",
+        "-o",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Where to write the rescored report (default: RUN_DIR/report.rescored.json)",
+    )
+    @click.pass_obj
+    def rescore_command(state, run_dir, metric_names, output):
+        """Recompute metrics from RUN_DIR/predictions.jsonl without retraining."""
+        from xleval.report import write_report
+        from xleval.rescore import rescore
+
+        names = [m.strip() for m in metric_names.split(",")] if metric_names else None
+        report = rescore(Path(run_dir), state.pm, names)
+        target = Path(output) if output else Path(run_dir) / "report.rescored.json"
+        write_report(report, target)
+        state.pm.registry.build("reporters", "table", {}).write(report, None)
+        click.echo(f"rescored report: {target}", err=True)
+
+    @cli.command("init")
+    @click.argument("path", type=click.Path(dir_okay=False), default="experiment.toml")
+    @click.option("--force", is_flag=True, help="Overwrite an existing file.")
+    def init_command(path, force):
+        """Write a commented starter spec (the quickstart) to PATH."""
+        target = Path(path)
+        if target.exists() and not force:
+            raise XlevalError(f"{path} exists; use --force to overwrite it")
+        text = (specs_dir() / "examples" / "quickstart.toml").read_text(encoding="utf-8")
+        target.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {path}; run it with: xleval run {path}")
+
+
+def print_grid(spec, cells) -> None:
+    """The dry run: cells per method and target, and the total."""
+    counts: dict[tuple[str, str], int] = {}
+    for cell in cells:
+        counts[(cell.method, cell.target)] = counts.get((cell.method, cell.target), 0) + 1
+    rows = [
+        [m.label, m.protocol, *[counts.get((m.label, t), 0) for t in spec.targets]]
+        for m in spec.methods
+    ]
+    click.echo(
+        f"{spec.name}: {'+'.join(spec.sources)} -> {', '.join(spec.targets)}; "
+        f"shots {list(spec.shots)}; seeds {list(spec.seeds)}"
+    )
+    click.echo(tabulate(rows, headers=["method", "protocol", *spec.targets]))
+    click.echo(f"{len(cells)} cells")
