@@ -245,7 +245,9 @@ def add_run_commands(cli: click.Group) -> None:
             ]
             for k in common
         ]
-        click.echo(tabulate(rows, headers=["method", "target", "shots", "A", "B", "B - A"]))
+        headers = ["method", "target", "shots", "A", "B", "B - A"]
+        click.echo(f"{metric}: A = {first}, B = {second}")
+        click.echo(tabulate(rows, headers=headers, disable_numparse=True))
         only = len(ma) + len(mb) - 2 * len(common)
         if only:
             click.echo(f"\n{only} (method, target, shots) entries are in only one report")

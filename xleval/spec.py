@@ -128,7 +128,24 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
         raise SpecError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: the spec must be a table/object, not {type(data).__name__}")
-    return data
+    return resolve_data_path(data, path.parent)
+
+
+def resolve_data_path(spec: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make a relative dataset ``path`` option relative to the spec file's folder.
+
+    Specs travel with their data (``specs/examples/data/``), so the path must not depend on
+    where ``xleval`` is started. An absolute path, or one that exists only relative to the
+    current directory, is left alone.
+    """
+    dataset = spec.get("dataset")
+    options = dataset.get("options") if isinstance(dataset, dict) else None
+    path = options.get("path") if isinstance(options, dict) else None
+    if isinstance(path, str) and not Path(path).is_absolute():
+        candidate = base / path
+        if candidate.exists() or not Path(path).exists():
+            options["path"] = str(candidate.resolve())
+    return spec
 
 
 def _load_yaml(path: Path, text: str) -> Any:

@@ -1,0 +1,177 @@
+"""The run-side commands: validate, init, report, compare, and examples that stay valid."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from test_runner import metrics_of, write_spec
+
+from xleval.cli import build_cli
+from xleval.report import read_report
+from xleval.resources import specs_dir
+from xleval.spec import read_spec_file
+
+pytestmark = pytest.mark.usefixtures("clean_plugin_env")
+EXAMPLES = sorted(p.name for p in (specs_dir() / "examples").iterdir() if p.name.endswith(".toml"))
+
+
+def invoke(*args):
+    return CliRunner().invoke(build_cli(), list(args))
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_every_example_spec_is_valid(name):
+    result = invoke("validate", str(specs_dir() / "examples" / name))
+    assert result.exit_code == 0, result.output
+    assert "is a valid experiment spec" in result.output
+
+
+def test_examples_include_the_quickstart_and_focused_ones():
+    assert {
+        "quickstart.toml",
+        "fusion-strategies.toml",
+        "transfer-strategies.toml",
+        "user-jsonl.toml",
+    } <= set(EXAMPLES)
+    quickstart = read_spec_file(specs_dir() / "examples" / "quickstart.toml")
+    assert quickstart["targets"] == ["de", "fr", "ja", "ru"]
+    assert quickstart["shots"] == [0, 8, 32, 128]
+    assert len(quickstart["seeds"]) == 3
+    assert {m["protocol"] for m in quickstart["methods"]} == {
+        "target-only",
+        "zero-shot",
+        "transfer",
+        "fusion",
+        "joint",
+    }
+    result = invoke("run", str(specs_dir() / "examples" / "quickstart.toml"), "--dry-run")
+    assert "168 cells" in result.output
+
+
+def test_relative_dataset_path_is_read_from_the_spec_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = read_spec_file(specs_dir() / "examples" / "user-jsonl.toml")
+    path = Path(raw["dataset"]["options"]["path"])
+    assert path.is_absolute() and path.exists()
+    assert path.name == "debian-descriptions.jsonl"
+
+
+def test_invalid_spec_lists_every_error_and_exits_non_zero(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'dataset = "ddtp-sections"\nsource = "en"\ntargets = []\nshots = [-1]\n'
+        '[[methods]]\nprotocol = "zero-shoot"\n'
+    )
+    result = invoke("validate", str(bad))
+    assert result.exit_code == 1
+    assert f"error: {bad}: 3 errors:" in result.output
+    assert "at 'targets': [] should be non-empty" in result.output
+    assert "at 'shots[0]': -1 is less than the minimum of 0" in result.output
+    assert "at 'methods[0].protocol': 'zero-shoot' is not one of" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_init_writes_a_valid_starter_and_refuses_to_overwrite(tmp_path):
+    target = tmp_path / "exp.toml"
+    assert invoke("init", str(target)).exit_code == 0
+    assert invoke("validate", str(target)).exit_code == 0
+    again = invoke("init", str(target))
+    assert again.exit_code == 1 and "exists; use --force" in again.output
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    spec = write_spec(tmp)
+    result = CliRunner().invoke(build_cli(), ["run", str(spec), "--out", str(tmp / "run"), "-q"])
+    assert result.exit_code == 0, result.output
+    return tmp / "run"
+
+
+def test_report_formats(finished_run, tmp_path):
+    table = invoke("report", str(finished_run))
+    assert table.exit_code == 0 and "* best in column" in table.output
+    markdown = invoke("report", str(finished_run / "report.json"), "--format", "markdown")
+    assert "| method" in markdown.output and "|---" in markdown.output.replace(":", "-")
+    out = tmp_path / "copy.json"
+    assert invoke("report", str(finished_run), "--format", "json", "-o", str(out)).exit_code == 0
+    assert json.loads(out.read_text()) == read_report(finished_run)
+    bad = invoke("report", str(finished_run), "--format", "pdf")
+    assert bad.exit_code == 1 and "unknown reporter 'pdf'" in bad.output
+
+
+def test_report_rejects_a_file_that_is_not_a_report(tmp_path):
+    fake = tmp_path / "report.json"
+    fake.write_text(json.dumps({"schema_version": 1}))
+    result = invoke("validate", str(fake))
+    assert result.exit_code == 1
+    assert "not a valid xleval report" in result.output
+    assert "'cells' is a required property" in result.output
+
+
+def test_compare_puts_two_reports_side_by_side(finished_run, tmp_path):
+    changed = read_report(finished_run)
+    entry = next(
+        a
+        for a in changed["aggregates"]
+        if (a["method"], a["target"], a["shots"], a["metric"]) == ("joint", "fr", 4, "accuracy")
+    )
+    entry["mean"] -= 0.25
+    (tmp_path / "b.json").write_text(json.dumps(changed))
+    result = invoke("compare", str(finished_run), str(tmp_path / "b.json"))
+    assert result.exit_code == 0, result.output
+    rows = {tuple(line.split()[:3]): line.split()[-1] for line in result.output.splitlines()[3:]}
+    assert rows[("joint", "fr", "4")] == "-0.2500"
+    assert rows[("transfer", "de", "0")] == "+0.0000"
+    assert len(rows) == len([a for a in changed["aggregates"] if a["metric"] == "accuracy"])
+
+
+@pytest.mark.slow
+def test_sigint_keeps_finished_cells_and_resume_completes(tmp_path):
+    spec = write_spec(tmp_path, epochs=60, seeds=(1, 2, 3))
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XLEVAL_")}
+    child = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "xleval"),
+            "run",
+            str(spec),
+            "--out",
+            str(out),
+            "-q",
+            "--jobs",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if out.joinpath("cells").exists() and len(list(out.joinpath("cells").glob("*.json"))) >= 4:
+            break
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    assert "interrupted: finished cells are kept" in stderr
+    partial = read_report(out)
+    assert partial["run"]["interrupted"] is True
+    done = partial["run"]["cells_computed"]
+    assert 4 <= done < 36
+    result = CliRunner().invoke(build_cli(), ["run", str(spec), "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    final = read_report(out)
+    assert final["run"]["cells_cached"] >= done
+    assert final["run"]["cells_cached"] + final["run"]["cells_computed"] == 36
+    assert all(c["status"] == "ok" for c in final["cells"])
+    assert metrics_of(final)
