@@ -48,8 +48,16 @@ class DiskArtifactCache(ArtifactCache):
         return value
 
     def _save(self, key: str, value: Any) -> None:
-        """Persist ``value``; a model that cannot be pickled stays in memory only (slower
-        across processes, never wrong)."""
+        """Persist ``value`` if other cells will want it.
+
+        Only models trained on whole splits (source models) are shared across shots and
+        methods; a model trained on k shots is cheap to retrain and a table of 2^18 x 64
+        floats is 50 MB, so those stay in memory. A model that cannot be pickled stays in
+        memory too (slower across processes, never wrong).
+        """
+        train_set = getattr(value, "train_set", None)
+        if not train_set or any(part[0] != "split" for part in train_set):
+            return
         buffer = io.BytesIO()
         try:
             torch.save(value, buffer)
