@@ -40,6 +40,10 @@ def test_wheel_holds_core_plugins_and_schemas(wheel):
     names = set(wheel.namelist())
     assert "xleval/cli.py" in names
     assert "xleval/specs/plugins.schema.json" in names
+    assert "xleval/specs/examples/quickstart.toml" in names
+    assert "xleval/specs/examples/data/debian-descriptions.jsonl" in names
+    assert "xleval_plugins/data/ddtp-sections.jsonl.gz" in names
+    assert "xleval_plugins/templates/report.html.j2" in names
     for module in ("models", "transfer", "fusion", "metrics", "datasets", "executors", "reporters"):
         assert f"xleval_plugins/{module}.py" in names
     assert not any(name.startswith(("tests/", "benchmarks/")) for name in names)

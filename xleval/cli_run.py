@@ -151,6 +151,7 @@ def add_run_commands(cli: click.Group) -> None:
         report = build_report(spec, state.pm, dataset, outcome)
         write_report(report, run_dir / "report.json")
         write_predictions(run_dir, outcome)
+        write_html(state, report, run_dir)
         table = state.pm.registry.build("reporters", "table", {})
         table.write(report, None)
         run = report["run"]
@@ -291,6 +292,18 @@ def add_run_commands(cli: click.Group) -> None:
         text = (specs_dir() / "examples" / "quickstart.toml").read_text(encoding="utf-8")
         target.write_text(text, encoding="utf-8")
         click.echo(f"wrote {path}; run it with: xleval run {path}")
+
+
+def write_html(state: CliState, report: dict, run_dir: Path) -> None:
+    """RUN_DIR/report.html for people; a failing html reporter costs a warning, not the run."""
+    if "html" not in state.pm.registry.names("reporters"):
+        return
+    try:
+        state.pm.registry.build("reporters", "html", {}).write(report, str(run_dir / "report.html"))
+    except Exception as exc:
+        if state.debug:
+            raise
+        click.echo(f"warning: report.html not written: {type(exc).__name__}: {exc}", err=True)
 
 
 def print_grid(spec, cells) -> None:

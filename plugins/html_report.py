@@ -1,0 +1,331 @@
+"""Bundled ``html`` reporter: one self-contained page with plots (no network, no JavaScript).
+
+Plots are drawn with matplotlib, embedded as PNG data URIs, and also saved to
+``<report folder>/plots/`` as PNG and SVG for papers. Every string that comes from data,
+specs or plugins goes through Jinja2's autoescaping; nothing is marked safe except the
+base64 images this module encodes itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from xleval.hookspecs import Register, hookimpl
+
+#: Okabe & Ito's palette: distinguishable with the common colour-vision deficiencies.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+
+def _shot_position(shots: Any, numeric: list[int]) -> float:
+    """x position of a shots value: k as is, ``all`` one doubling past the largest k."""
+    if shots == "all":
+        return float(max([*numeric, 1]) * 2)
+    return float(shots)
+
+
+class Figure:
+    """A rendered matplotlib figure: its data URI for the page, saved copies for papers."""
+
+    def __init__(self, fig: Any, name: str, caption: str, alt: str, plots_dir: Path | None):
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=110, bbox_inches="tight")
+        self.width, self.height = (int(v) for v in fig.get_size_inches() * 110)
+        if plots_dir is not None:
+            plots_dir.mkdir(parents=True, exist_ok=True)
+            (plots_dir / f"{name}.png").write_bytes(png.getvalue())
+            fig.savefig(plots_dir / f"{name}.svg", format="svg", bbox_inches="tight")
+        self.uri = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
+        self.caption = caption
+        self.alt = alt
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9,
+         "svg.fonttype": "none", "figure.dpi": 110}
+    )
+    return plt
+
+
+class HtmlReporter:
+    """Writes the self-contained HTML page (and plots/ next to it)."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+
+    # -- data -----------------------------------------------------------------------------
+
+    def _methods(self, report: dict[str, Any]) -> list[dict[str, Any]]:
+        return report["spec"]["methods"]
+
+    def _curves(self, report, plt, plots_dir) -> list[Figure]:
+        spec = report["spec"]
+        metric = spec["main_metric"]
+        numeric = [s for s in spec["shots"] if s != "all"]
+        aggs = [a for a in report["aggregates"] if a["metric"] == metric]
+        break_even = {
+            (b["method"], b["target"]): b.get("shots")
+            for b in report.get("summary", {}).get("_break_even", [])
+        } if isinstance(report.get("summary", {}).get("_break_even"), list) else {}
+        targets = spec["targets"]
+        cols = min(len(targets), 2)
+        rows = math.ceil(len(targets) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.0 * rows), squeeze=False)
+        for ax, target in zip(axes.flat, targets, strict=False):
+            for i, method in enumerate(self._methods(report)):
+                label = method["label"]
+                points = sorted(
+                    (a for a in aggs if a["method"] == label and a["target"] == target),
+                    key=lambda a: _shot_position(a["shots"], numeric),
+                )
+                if not points:
+                    continue
+                xs = [_shot_position(a["shots"], numeric) for a in points]
+                ys = [a["mean"] for a in points]
+                colour = PALETTE[i % len(PALETTE)]
+                style = "--" if method["protocol"] == "zero-shot" else "-"
+                ax.plot(xs, ys, style, marker=MARKERS[i % len(MARKERS)], color=colour, label=label)
+                lows = [a["ci"][0] if a.get("ci") else a["mean"] for a in points]
+                highs = [a["ci"][1] if a.get("ci") else a["mean"] for a in points]
+                ax.fill_between(xs, lows, highs, color=colour, alpha=0.15, linewidth=0)
+                k = break_even.get((label, target))
+                if k is not None:
+                    ax.axvline(_shot_position(k, numeric), color=colour, linestyle=":", alpha=0.8)
+            ax.set_xscale("symlog", linthresh=max(1, min([s for s in numeric if s > 0] or [1])))
+            ticks = [_shot_position(s, numeric) for s in spec["shots"]]
+            ax.set_xticks(ticks, [str(s) for s in spec["shots"]])
+            ax.set_title(f"target: {target}")
+            ax.set_xlabel("target-language training examples per class (k, log scale)")
+            ax.set_ylabel(metric)
+            ax.grid(True, alpha=0.3)
+        for ax in list(axes.flat)[len(targets):]:
+            ax.axis("off")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5),
+                   bbox_to_anchor=(0.5, -0.02), frameon=False)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        confidence = round(100 * spec.get("statistics", {}).get("confidence", 0.95))
+        caption = (
+            f"{metric} on each target language's test split vs. target shots k; lines: mean "
+            f"over seeds, bands: {confidence}% interval; dashed: zero-shot (independent of k);"
+            " dotted verticals: break-even k where a method stops beating target-only."
+        )
+        figure = Figure(fig, "learning_curves", caption, f"Learning curves of {metric}",
+                        plots_dir)
+        plt.close(fig)
+        return [figure]
+
+    def _gap_figures(self, report, plt, plots_dir) -> list[Figure]:
+        spec = report["spec"]
+        summary = report.get("summary", {})
+        shots_options = [str(s) for s in spec["shots"]]
+        chosen = str(self.options.get("gap_shots") or "")
+        if chosen not in shots_options:
+            chosen = next((s for s in shots_options if s != "0"), shots_options[0])
+        methods = [m["label"] for m in self._methods(report)]
+        targets = spec["targets"]
+        grid = []
+        for method in methods:
+            per = summary.get(method, {}).get("by_shots", {}).get(chosen, {})
+            gaps = per.get("transfer_gap_per_target", {}) if isinstance(per, dict) else {}
+            grid.append([gaps.get(t) for t in targets])
+        if all(v is None for row in grid for v in row):
+            return []
+        values = [v for row in grid for v in row if v is not None]
+        bound = max(abs(v) for v in values) or 1.0
+        fig, (heat, bars) = plt.subplots(
+            1, 2, figsize=(12, 0.6 * len(methods) + 2.6), gridspec_kw={"width_ratios": [1, 1.2]}
+        )
+        masked = [[float("nan") if v is None else v for v in row] for row in grid]
+        image = heat.imshow(masked, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
+        heat.set_xticks(range(len(targets)), targets)
+        heat.set_yticks(range(len(methods)), methods)
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                if v is not None:
+                    heat.text(j, i, f"{v:+.3f}", ha="center", va="center", fontsize=9,
+                              color="white" if abs(v) > bound * 0.6 else "black")
+        heat.set_title(f"transfer gap at k={chosen}")
+        fig.colorbar(image, ax=heat, label="source score - target score")
+        width = 0.8 / max(len(methods), 1)
+        for i, (method, row) in enumerate(zip(methods, grid, strict=True)):
+            xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(targets))]
+            bars.bar(xs, [0 if v is None else v for v in row], width=width,
+                     color=PALETTE[i % len(PALETTE)], label=method)
+        bars.set_xticks(range(len(targets)), targets)
+        bars.axhline(0, color="black", linewidth=0.8)
+        bars.set_ylabel(f"gap in {spec['main_metric']} (lower is better)")
+        bars.set_xlabel("target language")
+        bars.set_title(f"per language at k={chosen}")
+        bars.legend(frameon=False, fontsize=8)
+        bars.grid(True, axis="y", alpha=0.3)
+        fig.tight_layout()
+        caption = (
+            f"Transfer gap (source-language score minus target-language score, "
+            f"{spec['main_metric']}) per method and target at k={chosen}; lower is better."
+        )
+        figure = Figure(fig, "transfer_gap", caption, "Transfer gap heatmap and bars", plots_dir)
+        plt.close(fig)
+        return [figure]
+
+    def _calibration(self, report, plt, plots_dir) -> list[Figure]:
+        curves = report.get("calibration") or []
+        if not curves:
+            return []
+        fig, ax = plt.subplots(figsize=(6.2, 5.2))
+        ax.plot([0, 1], [0, 1], color="#777", linestyle="--", label="perfectly calibrated")
+        for i, curve in enumerate(curves):
+            bins = [b for b in curve["bins"] if b["count"] > 0]
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins],
+                    marker=MARKERS[i % len(MARKERS)], color=PALETTE[i % len(PALETTE)],
+                    label=f"{curve['method']} (ECE {curve['ece']:.3f})")
+        ax.set_xlabel("predicted confidence (max probability)")
+        ax.set_ylabel("observed accuracy")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.grid(True, alpha=0.3)
+        ax.legend(frameon=False, fontsize=8, loc="upper left")
+        fig.tight_layout()
+        caption = ("Reliability diagram on the target test splits (all targets, shots and "
+                   "seeds pooled): fusion changes confidence as well as accuracy.")
+        figure = Figure(fig, "calibration", caption, "Reliability diagram", plots_dir)
+        plt.close(fig)
+        return [figure]
+
+    # -- page -----------------------------------------------------------------------------
+
+    def render(self, report: dict[str, Any], plots_dir: Path | None = None) -> str:
+        import json
+
+        import jinja2
+
+        plt = _pyplot()
+        spec = report["spec"]
+        metric = spec["main_metric"]
+        higher = report["metrics"][metric]["higher_is_better"]
+        shots = [str(s) for s in spec["shots"]]
+        summary_rows = []
+        for method in self._methods(report):
+            by = report.get("summary", {}).get(method["label"], {}).get("by_shots", {})
+            summary_rows.append({
+                "method": method["label"],
+                "protocol": method["protocol"],
+                "scores": [_fmt(by.get(k, {}).get("score"), by.get(k, {}).get("score_ci"))
+                           for k in shots],
+                "gaps": [_fmt(by.get(k, {}).get("transfer_gap")) for k in shots],
+                "rank": _fmt(report.get("summary", {}).get(method["label"], {}).get("mean_rank")),
+                "wtl": _wtl(report.get("summary", {}).get(method["label"], {}).get("wtl")),
+            })
+        comparisons, headers = _comparison_rows(report.get("comparisons") or [])
+        env = jinja2.Environment(
+            loader=jinja2.PackageLoader("xleval_plugins", "templates"),
+            autoescape=True,  # every string from data, specs and plugins is escaped
+            undefined=jinja2.StrictUndefined,
+        )
+        template = env.get_template("report.html.j2")
+        failures = [
+            {"cell": f"{c['method']} {'+'.join(c['sources'])}->{c['target']} k={c['shots']} "
+                     f"seed={c['seed']}", "error": c["error"]}
+            for c in report["cells"] if c["status"] != "ok"
+        ]
+        return template.render(
+            spec=spec,
+            dataset=report["dataset"],
+            main_metric=metric,
+            higher=higher,
+            run=report["run"],
+            summary_shots=shots,
+            summary_rows=summary_rows,
+            ranks=any(r["rank"] != "-" for r in summary_rows),
+            has_score_ci=any("±" in c or "[" in c for r in summary_rows for c in r["scores"]),
+            confidence_pct=round(100 * spec.get("statistics", {}).get("confidence", 0.95)),
+            curves=self._curves(report, plt, plots_dir),
+            gap_figures=self._gap_figures(report, plt, plots_dir),
+            comparisons=comparisons,
+            comparison_headers=headers,
+            alpha=1 - spec.get("statistics", {}).get("confidence", 0.95),
+            calibration=self._calibration(report, plt, plots_dir),
+            failures=failures,
+            created=report["created"],
+            xleval_version=report["xleval_version"],
+            env=report["environment"],
+            spec_json=json.dumps(spec, indent=2, ensure_ascii=False),
+        )
+
+    def write(self, report: dict[str, Any], path: str | None) -> None:
+        from xleval_plugins.reporters import write_text
+
+        plots_dir = Path(path).parent / "plots" if path is not None else None
+        write_text(self.render(report, plots_dir), path)
+
+
+def _fmt(value: Any, interval: Any = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    text = f"{value:.3f}"
+    if interval:
+        text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return text
+
+
+def _wtl(value: Any) -> str:
+    if not value:
+        return "-"
+    return f"{value.get('win', 0)} / {value.get('tie', 0)} / {value.get('loss', 0)}"
+
+
+def _comparison_rows(comparisons: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Table rows for the comparisons, whatever extra fields a comparison carries."""
+    headers = ["method", "vs", "target", "k", "metric", "difference", "CI", "p (Holm)", ""]
+    rows = []
+    for c in comparisons:
+        diff = c.get("difference")
+        ci = c.get("ci")
+        p = c.get("p_holm", c.get("p_value"))
+        significant = bool(c.get("significant"))
+        better = significant and diff is not None and c.get("better") is not False
+        rows.append({
+            "cells": [
+                c.get("method", "-"), c.get("baseline", c.get("vs", "-")), c.get("target", "-"),
+                str(c.get("shots", "-")), c.get("metric", "-"), _fmt(diff),
+                f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "-",
+                "-" if p is None else f"{p:.4f}",
+                "significant" if significant else "",
+            ],
+            "mark_col": 5,
+            "mark": ("sig" if better else "worse") if significant else "",
+        })
+    return rows, headers
+
+
+@hookimpl
+def xleval_register_reporters(register: Register) -> None:
+    """Register ``html``."""
+    register(
+        "html",
+        HtmlReporter,
+        schema={
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "gap_shots": {
+                    "type": ["integer", "string", "null"],
+                    "default": None,
+                    "description": "Shots column of the transfer-gap plots (default: the "
+                    "smallest k > 0).",
+                }
+            },
+        },
+        description="Self-contained HTML page with learning curves, gaps and comparisons.",
+    )
