@@ -198,6 +198,13 @@ def add_run_commands(cli: click.Group) -> None:
         help="A reporter plugin: table, markdown, json, ...",
     )
     @click.option(
+        "--view",
+        type=click.Choice(["main", "comparisons", "gaps", "ranks", "curves"]),
+        default=None,
+        help="Which part to show (table/markdown): the main table (default), paired "
+        "comparisons, transfer gaps, ranks with win/tie/loss, or learning curves.",
+    )
+    @click.option(
         "--output",
         "-o",
         type=click.Path(dir_okay=False),
@@ -206,12 +213,20 @@ def add_run_commands(cli: click.Group) -> None:
     )
     @click.option("--reporter-option", "reporter_options", multiple=True, metavar="KEY=VALUE")
     @click.pass_obj
-    def report_command(state, report_path, fmt, output, reporter_options):
+    def report_command(state, report_path, fmt, view, output, reporter_options):
         """Render a report (a report.json or a run directory) with a reporter plugin."""
         from xleval.report import read_report
 
         report = read_report(report_path)
-        reporter = state.pm.registry.build("reporters", fmt, parse_options(reporter_options))
+        options = parse_options(reporter_options)
+        if view is not None:
+            schema = state.pm.registry.get("reporters", fmt).schema or {}
+            if "view" not in schema.get("properties", {}):
+                raise XlevalError(
+                    f"reporter '{fmt}' has no views; --view works with --format table or markdown"
+                )
+            options["view"] = view
+        reporter = state.pm.registry.build("reporters", fmt, options)
         reporter.write(report, output)
 
     @cli.command("compare")

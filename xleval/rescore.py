@@ -1,4 +1,9 @@
-"""Recompute a run's metrics from its stored predictions, without training anything."""
+"""Recompute a run's metrics from its stored predictions, without training anything.
+
+Everything derived from the metrics is rebuilt the way the run built it (aggregates with
+both intervals, comparisons, summary): the same predictions and statistics seed give the
+same numbers as the run's own report.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import Any
 
 from xleval.errors import XlevalError
 from xleval.plugins import XlevalPluginManager
-from xleval.report import aggregate, read_report, summarize
+from xleval.report import analyse, metric_components, read_report, validate_report
 from xleval.runner import decode_predictions
 from xleval.spec import resolve_spec
 
@@ -43,7 +48,7 @@ def rescore(
         if raw_spec["main_metric"] not in metric_names:
             raw_spec["main_metric"] = metric_names[0]
     spec = resolve_spec(raw_spec, pm.registry, source=str(run_dir / "report.json"))
-    metrics = {m.name: pm.registry.build("metrics", m.name, m.options) for m in spec.metrics}
+    metrics = metric_components(pm, spec)
     predictions = read_predictions(run_dir / "predictions.jsonl")
 
     def score(key: str, lang: str) -> dict[str, float]:
@@ -63,6 +68,12 @@ def rescore(
         name: {"higher_is_better": bool(m.higher_is_better), "options": spec_m.options}
         for (name, m), spec_m in zip(metrics.items(), spec.metrics, strict=True)
     }
-    report["aggregates"] = aggregate(report["cells"], spec, spec.statistics["confidence"])
-    report["summary"] = summarize(report["cells"], spec)
+
+    def stored_predictions(key: str, lang: str) -> dict[str, Any] | None:
+        return predictions.get((key, lang))
+
+    stats = analyse(report["cells"], spec, metrics, stored_predictions)
+    for section in ("aggregates", "comparisons", "summary", "statistics"):
+        report[section] = stats[section]
+    validate_report(report, f"rescored {run_dir}")
     return report
