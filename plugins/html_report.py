@@ -21,7 +21,6 @@ PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
-
 def _shot_position(shots: Any, numeric: list[int]) -> float:
     """x position of a shots value: k as is, ``all`` one doubling past the largest k."""
     if shots == "all":
@@ -52,8 +51,14 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     plt.rcParams.update(
-        {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9,
-         "svg.fonttype": "none", "figure.dpi": 110}
+        {
+            "font.size": 11,
+            "axes.titlesize": 12,
+            "axes.labelsize": 11,
+            "legend.fontsize": 9,
+            "svg.fonttype": "none",
+            "figure.dpi": 110,
+        }
     )
     return plt
 
@@ -75,9 +80,12 @@ class HtmlReporter:
         numeric = [s for s in spec["shots"] if s != "all"]
         aggs = [a for a in report["aggregates"] if a["metric"] == metric]
         break_even = {
-            (b["method"], b["target"]): b.get("shots")
-            for b in report.get("summary", {}).get("_break_even", [])
-        } if isinstance(report.get("summary", {}).get("_break_even"), list) else {}
+            (label, target): entry["shots"]
+            for label, summary in report.get("summary", {}).items()
+            if isinstance(summary, dict)
+            for target, entry in (summary.get("break_even") or {}).items()
+            if entry.get("status") == "break-even" and entry.get("shots") is not None
+        }
         targets = spec["targets"]
         cols = min(len(targets), 2)
         rows = math.ceil(len(targets) / cols)
@@ -109,11 +117,17 @@ class HtmlReporter:
             ax.set_xlabel("target-language training examples per class (k, log scale)")
             ax.set_ylabel(metric)
             ax.grid(True, alpha=0.3)
-        for ax in list(axes.flat)[len(targets):]:
+        for ax in list(axes.flat)[len(targets) :]:
             ax.axis("off")
         handles, labels = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5),
-                   bbox_to_anchor=(0.5, -0.02), frameon=False)
+        fig.legend(
+            handles,
+            labels,
+            loc="lower center",
+            ncol=min(len(labels), 5),
+            bbox_to_anchor=(0.5, -0.02),
+            frameon=False,
+        )
         fig.tight_layout(rect=(0, 0.06, 1, 1))
         confidence = round(100 * spec.get("statistics", {}).get("confidence", 0.95))
         caption = (
@@ -121,8 +135,7 @@ class HtmlReporter:
             f"over seeds, bands: {confidence}% interval; dashed: zero-shot (independent of k);"
             " dotted verticals: break-even k where a method stops beating target-only."
         )
-        figure = Figure(fig, "learning_curves", caption, f"Learning curves of {metric}",
-                        plots_dir)
+        figure = Figure(fig, "learning_curves", caption, f"Learning curves of {metric}", plots_dir)
         plt.close(fig)
         return [figure]
 
@@ -154,15 +167,27 @@ class HtmlReporter:
         for i, row in enumerate(grid):
             for j, v in enumerate(row):
                 if v is not None:
-                    heat.text(j, i, f"{v:+.3f}", ha="center", va="center", fontsize=9,
-                              color="white" if abs(v) > bound * 0.6 else "black")
+                    heat.text(
+                        j,
+                        i,
+                        f"{v:+.3f}",
+                        ha="center",
+                        va="center",
+                        fontsize=9,
+                        color="white" if abs(v) > bound * 0.6 else "black",
+                    )
         heat.set_title(f"transfer gap at k={chosen}")
         fig.colorbar(image, ax=heat, label="source score - target score")
         width = 0.8 / max(len(methods), 1)
         for i, (method, row) in enumerate(zip(methods, grid, strict=True)):
             xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(targets))]
-            bars.bar(xs, [0 if v is None else v for v in row], width=width,
-                     color=PALETTE[i % len(PALETTE)], label=method)
+            bars.bar(
+                xs,
+                [0 if v is None else v for v in row],
+                width=width,
+                color=PALETTE[i % len(PALETTE)],
+                label=method,
+            )
         bars.set_xticks(range(len(targets)), targets)
         bars.axhline(0, color="black", linewidth=0.8)
         bars.set_ylabel(f"gap in {spec['main_metric']} (lower is better)")
@@ -180,16 +205,22 @@ class HtmlReporter:
         return [figure]
 
     def _calibration(self, report, plt, plots_dir) -> list[Figure]:
-        curves = report.get("calibration") or []
-        if not curves:
+        curves = [
+            c for c in report.get("calibration") or [] if c["protocol"] in ("fusion", "target-only")
+        ]
+        if not any(c["protocol"] == "fusion" for c in curves):
             return []
         fig, ax = plt.subplots(figsize=(6.2, 5.2))
         ax.plot([0, 1], [0, 1], color="#777", linestyle="--", label="perfectly calibrated")
         for i, curve in enumerate(curves):
             bins = [b for b in curve["bins"] if b["count"] > 0]
-            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins],
-                    marker=MARKERS[i % len(MARKERS)], color=PALETTE[i % len(PALETTE)],
-                    label=f"{curve['method']} (ECE {curve['ece']:.3f})")
+            ax.plot(
+                [b["confidence"] for b in bins],
+                [b["accuracy"] for b in bins],
+                marker=MARKERS[i % len(MARKERS)],
+                color=PALETTE[i % len(PALETTE)],
+                label=f"{curve['method']} (ECE {curve['ece']:.3f})",
+            )
         ax.set_xlabel("predicted confidence (max probability)")
         ax.set_ylabel("observed accuracy")
         ax.set_xlim(0, 1)
@@ -197,8 +228,11 @@ class HtmlReporter:
         ax.grid(True, alpha=0.3)
         ax.legend(frameon=False, fontsize=8, loc="upper left")
         fig.tight_layout()
-        caption = ("Reliability diagram on the target test splits (all targets, shots and "
-                   "seeds pooled): fusion changes confidence as well as accuracy.")
+        caption = (
+            "Reliability diagram per fusion strategy, with target-only for reference, on "
+            "the target test splits (targets, shots and seeds pooled): fusion changes "
+            "how confident predictions are, not only whether they are right."
+        )
         figure = Figure(fig, "calibration", caption, "Reliability diagram", plots_dir)
         plt.close(fig)
         return [figure]
@@ -218,15 +252,23 @@ class HtmlReporter:
         summary_rows = []
         for method in self._methods(report):
             by = report.get("summary", {}).get(method["label"], {}).get("by_shots", {})
-            summary_rows.append({
-                "method": method["label"],
-                "protocol": method["protocol"],
-                "scores": [_fmt(by.get(k, {}).get("score"), by.get(k, {}).get("score_ci"))
-                           for k in shots],
-                "gaps": [_fmt(by.get(k, {}).get("transfer_gap")) for k in shots],
-                "rank": _fmt(report.get("summary", {}).get(method["label"], {}).get("mean_rank")),
-                "wtl": _wtl(report.get("summary", {}).get(method["label"], {}).get("wtl")),
-            })
+            summary_rows.append(
+                {
+                    "method": method["label"],
+                    "protocol": method["protocol"],
+                    "scores": [
+                        _fmt(by.get(k, {}).get("score"), by.get(k, {}).get("score_ci"))
+                        for k in shots
+                    ],
+                    "gaps": [_fmt(by.get(k, {}).get("transfer_gap")) for k in shots],
+                    "rank": _fmt(
+                        report.get("summary", {}).get(method["label"], {}).get("mean_rank")
+                    ),
+                    "wtl": _wtl(
+                        report.get("summary", {}).get(method["label"], {}).get("wins_ties_losses")
+                    ),
+                }
+            )
         comparisons, headers = _comparison_rows(report.get("comparisons") or [])
         env = jinja2.Environment(
             loader=jinja2.PackageLoader("xleval_plugins", "templates"),
@@ -235,9 +277,13 @@ class HtmlReporter:
         )
         template = env.get_template("report.html.j2")
         failures = [
-            {"cell": f"{c['method']} {'+'.join(c['sources'])}->{c['target']} k={c['shots']} "
-                     f"seed={c['seed']}", "error": c["error"]}
-            for c in report["cells"] if c["status"] != "ok"
+            {
+                "cell": f"{c['method']} {'+'.join(c['sources'])}->{c['target']} k={c['shots']} "
+                f"seed={c['seed']}",
+                "error": c["error"],
+            }
+            for c in report["cells"]
+            if c["status"] != "ok"
         ]
         return template.render(
             spec=spec,
@@ -280,32 +326,48 @@ def _fmt(value: Any, interval: Any = None) -> str:
 
 
 def _wtl(value: Any) -> str:
-    if not value:
+    """'wins / ties / losses' against every other method, over all columns."""
+    total = (value or {}).get("total")
+    if not total:
         return "-"
-    return f"{value.get('win', 0)} / {value.get('tie', 0)} / {value.get('loss', 0)}"
+    return f"{total.get('wins', 0)} / {total.get('ties', 0)} / {total.get('losses', 0)}"
 
 
 def _comparison_rows(comparisons: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Table rows for the comparisons, whatever extra fields a comparison carries."""
-    headers = ["method", "vs", "target", "k", "metric", "difference", "CI", "p (Holm)", ""]
+    """Rows for the planned comparisons (each method against the baseline, and the pairs the
+    spec asks for): effect size, its interval and the Holm-corrected p-value."""
+    headers = ["A", "B", "target", "k", "metric", "A - B", "CI", "p (Holm)", "result"]
     rows = []
     for c in comparisons:
-        diff = c.get("difference")
+        if c.get("family") != "planned":
+            continue
+        if c.get("status") != "ok":
+            result = f"not tested: {c.get('reason') or 'missing cells'}"
+        elif c.get("significant"):
+            result = f"{c.get('better')} better"
+        else:
+            result = "no significant difference"
         ci = c.get("ci")
-        p = c.get("p_holm", c.get("p_value"))
-        significant = bool(c.get("significant"))
-        better = significant and diff is not None and c.get("better") is not False
-        rows.append({
-            "cells": [
-                c.get("method", "-"), c.get("baseline", c.get("vs", "-")), c.get("target", "-"),
-                str(c.get("shots", "-")), c.get("metric", "-"), _fmt(diff),
-                f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "-",
-                "-" if p is None else f"{p:.4f}",
-                "significant" if significant else "",
-            ],
-            "mark_col": 5,
-            "mark": ("sig" if better else "worse") if significant else "",
-        })
+        p = c.get("p_holm")
+        rows.append(
+            {
+                "cells": [
+                    c["a"],
+                    c["b"],
+                    c["target"],
+                    str(c["shots"]),
+                    c["metric"],
+                    _fmt(c.get("difference")),
+                    f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "-",
+                    "-" if p is None else f"{p:.4f}",
+                    result,
+                ],
+                "mark_col": 5,
+                "mark": ("sig" if c.get("better") == c["a"] else "worse")
+                if c.get("significant")
+                else "",
+            }
+        )
     return rows, headers
 
 

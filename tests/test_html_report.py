@@ -91,7 +91,7 @@ def test_run_writes_html_and_plots_next_to_the_report(run_dir):
     parser = PageParser()
     parser.feed(page)
     assert set(SECTIONS) <= parser.ids
-    for name in ("learning_curves", "transfer_gap"):
+    for name in ("learning_curves", "transfer_gap", "calibration"):
         for suffix in ("png", "svg"):
             assert (run_dir / "plots" / f"{name}.{suffix}").stat().st_size > 1000
 
@@ -103,7 +103,7 @@ def test_every_image_decodes_and_every_section_is_there(run_dir, tmp_path):
     parser = PageParser()
     parser.feed(page)
     assert set(SECTIONS) <= parser.ids
-    assert len(parser.images) >= 2
+    assert len(parser.images) == 3  # learning curves, transfer gap, calibration
     for image in parser.images:
         prefix = "data:image/png;base64,"
         assert image["src"].startswith(prefix), "images must be embedded, not linked"
@@ -187,3 +187,21 @@ def test_chromium_is_installed_in_ci():
     assert "chromium-driver" in ci and "apt-get install" in ci
     if subprocess.run(["sh", "-c", 'test "$CI" = true']).returncode == 0:
         assert find_browser() is not None
+
+
+def test_calibration_bins_agree_with_the_ece_metric(run_dir):
+    import torch
+
+    from xleval.rescore import read_predictions
+    from xleval.runner import decode_predictions
+
+    report = read_report(run_dir)
+    stored = read_predictions(run_dir / "predictions.jsonl")
+    ece = get_plugin_manager(strict=False).registry.build("metrics", "ece", {"bins": 10})
+    for curve in report["calibration"]:
+        cells = [c for c in report["cells"] if c["method"] == curve["method"]]
+        decoded = [decode_predictions(stored[(c["key"], c["target"])]) for c in cells]
+        y_true = torch.cat([y for y, _ in decoded])
+        probs = torch.cat([p for _, p in decoded])
+        assert curve["n"] == len(y_true) == sum(b["count"] for b in curve["bins"])
+        assert curve["ece"] == pytest.approx(ece.compute(y_true, probs), abs=1e-6)

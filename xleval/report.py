@@ -36,7 +36,7 @@ from xleval.errors import XlevalError
 from xleval.plugins import XlevalPluginManager
 from xleval.registry import schema_errors
 from xleval.resources import load_schema
-from xleval.runner import Cell, RunOutcome
+from xleval.runner import Cell, RunOutcome, decode_predictions
 from xleval.spec import ExperimentSpec
 from xleval.stats import (
     ResampledMetric,
@@ -795,6 +795,63 @@ def learning_curves(
     return curves
 
 
+def calibration(
+    cells: Sequence[dict[str, Any]],
+    spec: ExperimentSpec,
+    predictions: PredictionSource,
+    bins: int = 10,
+) -> list[dict[str, Any]]:
+    """Reliability data per method: confidence (max probability) vs accuracy in equal-width
+    bins, pooled over the target test splits of every target, shots value and seed.
+
+    Fusion changes how confident a prediction is as much as whether it is right; this is
+    what the html report's reliability diagram draws, and ``ece`` is its weighted gap.
+    """
+    import torch
+
+    out = []
+    for method in spec.methods:
+        confidences, correct = [], []
+        for c in cells:
+            if c["method"] != method.label or c["status"] != "ok":
+                continue
+            stored = predictions(c["key"], c["target"])
+            if stored is None:
+                continue
+            y_true, probs = decode_predictions(stored)
+            if len(y_true) == 0:
+                continue
+            top, predicted = probs.max(dim=1)
+            confidences.append(top.double())
+            correct.append((predicted == y_true).double())
+        if not confidences:
+            continue
+        conf = torch.cat(confidences)
+        hit = torch.cat(correct)
+        index = torch.clamp((conf * bins).long(), max=bins - 1)
+        rows = []
+        ece = 0.0
+        for b in range(bins):
+            mask = index == b
+            count = int(mask.sum())
+            row: dict[str, Any] = {"low": b / bins, "high": (b + 1) / bins, "count": count}
+            if count:
+                row["confidence"] = float(conf[mask].mean())
+                row["accuracy"] = float(hit[mask].mean())
+                ece += count / len(conf) * abs(row["accuracy"] - row["confidence"])
+            rows.append(row)
+        out.append(
+            {
+                "method": method.label,
+                "protocol": method.protocol,
+                "n": len(conf),
+                "ece": ece,
+                "bins": rows,
+            }
+        )
+    return out
+
+
 def break_even(
     comparisons: Sequence[dict[str, Any]], label: str, reference: str, spec: ExperimentSpec
 ) -> dict[str, Any]:
@@ -913,6 +970,7 @@ def analyse(
                 f"smallest bootstrap p-value to pass Holm's first threshold; {tests} were drawn"
             )
     return {
+        "calibration": calibration(cells, spec, predictions),
         "aggregates": aggregates,
         "comparisons": comparisons,
         "summary": summarize(cells, spec, comparisons, resamples, higher),
@@ -977,6 +1035,7 @@ def build_report(
         "comparisons": stats["comparisons"],
         "summary": stats["summary"],
         "statistics": stats["statistics"],
+        "calibration": stats["calibration"],
         "run": {
             "cells_total": len(outcome.keys),
             "cells_computed": outcome.computed,

@@ -73,7 +73,7 @@ def rescore(
         return predictions.get((key, lang))
 
     stats = analyse(report["cells"], spec, metrics, stored_predictions)
-    for section in ("aggregates", "comparisons", "summary", "statistics"):
+    for section in ("aggregates", "comparisons", "summary", "statistics", "calibration"):
         report[section] = stats[section]
     validate_report(report, f"rescored {run_dir}")
     return report
