@@ -26,18 +26,32 @@ class LocalExecutor:
 
 
 def _init_worker(threads: int) -> None:
-    import torch
+    from xleval.training import set_thread_budget
 
-    torch.set_num_threads(threads)
+    set_thread_budget(threads)  # torch's threads, and a cap on every training's `threads`
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class ProcessExecutor:
-    """Runs cells in a pool of worker processes; workers x threads never exceeds the cores."""
+    """Runs cells in a pool of worker processes; workers x threads never exceeds the cores.
+
+    Each worker's torch threads (and the ``threads`` training option, a cap) are
+    ``threads_per_worker``, at most ``cores // workers``: two workers on two cores train
+    with one thread each instead of fighting over both.
+    """
 
     def __init__(self, options: dict[str, Any]) -> None:
-        cores = os.cpu_count() or 1
+        cores = available_cores()
         self.workers = options.get("workers") or cores
-        self.threads = options.get("threads_per_worker") or max(1, cores // self.workers)
+        fair_share = max(1, cores // self.workers)
+        self.threads = min(options.get("threads_per_worker") or fair_share, fair_share)
 
     def map(self, fn: Callable[[Any], Any], cells: Iterable[Any]) -> Iterator[Any]:
         cells = list(cells)
@@ -82,7 +96,8 @@ WORKERS_SCHEMA = {
             "type": ["integer", "null"],
             "minimum": 1,
             "default": None,
-            "description": "torch threads in each worker; null: cores // workers.",
+            "description": "torch threads in each worker (also the most a training may "
+            "use); null or more than cores // workers: cores // workers.",
         },
     },
 }

@@ -56,8 +56,9 @@ def accuracy(model, texts, labels) -> float:
 
 def test_defaults_are_filled_and_lr_follows_the_optimizer():
     resolved = resolve_training_options({})
-    assert resolved["optimizer"] == "adagrad" and resolved["lr"] == DEFAULT_LR["adagrad"]
-    assert resolved["batch_size"] >= 2 and resolved["epochs"] >= 1
+    assert resolved["optimizer"] == "rowwise-adagrad"
+    assert resolved["lr"] == DEFAULT_LR["rowwise-adagrad"]
+    assert resolved["batch_size"] is None and resolved["epochs"] >= 1  # None: auto
     assert resolve_training_options({"optimizer": "sgd"})["lr"] == DEFAULT_LR["sgd"]
     assert resolve_training_options({"optimizer": "sgd", "lr": 0.3})["lr"] == 0.3
     assert set(resolved) == set(TRAINING_SCHEMA["properties"])
@@ -81,7 +82,7 @@ def test_batches_cover_everything_and_never_hold_one_example(n, batch_size):
     assert max(len(b) for b in batches) <= batch_size + 1
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "rowwise-adagrad", "adam"])
 def test_bag_of_embeddings_learns_with_each_optimizer(registry, corpus, optimizer):
     (texts, labels), (test_texts, test_labels) = corpus
     builder = registry.build("models", "bag-of-embeddings", SMALL_BAG)

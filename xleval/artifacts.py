@@ -1,49 +1,91 @@
-"""Trained models shared between cells and processes through the run directory.
+"""Trained models and featurized splits shared between cells and processes through the run
+directory.
 
 The first cell that needs a source model trains it under a file lock and saves it; every
 other cell, in any worker process or a later resumed run, loads it instead of training again.
+Featurized splits (``features:`` artifacts: one per dataset fingerprint, language, split and
+featurizer options) are kept the same way, as plain ``.npz`` arrays.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from xleval.cache import atomic_write_bytes
 from xleval.methods import ArtifactCache
 
-PERSISTED_PREFIX = "model:"
+MODEL_PREFIX = "model:"
+FEATURES_PREFIX = "features:"
+PERSISTED_PREFIXES = (MODEL_PREFIX, FEATURES_PREFIX)
+#: Kept for compatibility: the prefix of persisted models.
+PERSISTED_PREFIX = MODEL_PREFIX
+
+#: Default memory budget of one process's in-memory artifacts: a few models of 2*10^5 x 64
+#: floats (51 MB each) plus featurized splits and scores; everything persisted can be
+#: loaded again from disk, and a k-shot model is cheap to retrain.
+DEFAULT_MAX_BYTES = 256 * 2**20
 
 
 class DiskArtifactCache(ArtifactCache):
-    """An :class:`ArtifactCache` that also keeps trained models in ``directory``."""
+    """An :class:`ArtifactCache` that also keeps trained models and featurized splits in
+    ``directory``.
 
-    def __init__(self, directory: Path, max_items: int | None = 64) -> None:
-        super().__init__(max_items=max_items)
+    ``io_seconds`` and ``wait_seconds`` count the time spent reading/writing files and
+    waiting for another process's lock (also reported to ``timer``, if a cell set one).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        max_items: int | None = 256,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
+    ) -> None:
+        super().__init__(max_items=max_items, max_bytes=max_bytes)
         self.directory = Path(directory)
         self.loaded = 0
         self.unsaved: dict[str, str] = {}
+        self.timer: Callable[[str], Any] | None = None
+
+    def _phase(self, name: str) -> Any:
+        return self.timer(name) if self.timer is not None else nullcontext()
 
     def path(self, key: str) -> Path:
-        return self.directory / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.pt"
+        suffix = ".npz" if key.startswith(FEATURES_PREFIX) else ".pt"
+        return self.directory / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}{suffix}"
 
     def _load(self, key: str) -> Any | None:
         path = self.path(key)
         if not path.exists():
             return None
-        try:
-            # Our own files, written by save(): full objects (models are plugin classes).
-            value = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception:  # truncated or unreadable: train again rather than trust it
-            return None
+        with self._phase("artifact_io"):
+            try:
+                if key.startswith(FEATURES_PREFIX):
+                    return self._load_features(path, key)
+                # Our own files, written by save(): full objects (models are plugin classes).
+                value = torch.load(path, map_location="cpu", weights_only=False)
+            except Exception:  # truncated or unreadable: compute again rather than trust it
+                return None
         if getattr(value, "key", None) != key:
             return None
+        self.loaded += 1
+        return value
+
+    def _load_features(self, path: Path, key: str) -> Any | None:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+        if str(arrays.pop("key")) != key:
+            return None
+        value = features_from_arrays(arrays)
         self.loaded += 1
         return value
 
@@ -51,50 +93,91 @@ class DiskArtifactCache(ArtifactCache):
         """Persist ``value`` if other cells will want it.
 
         Only models trained on whole splits (source models) are shared across shots and
-        methods; a model trained on k shots is cheap to retrain and a table of 2^18 x 64
+        methods; a model trained on k shots is cheap to retrain and a table of 2*10^5 x 64
         floats is 50 MB, so those stay in memory. A model that cannot be pickled stays in
-        memory too (slower across processes, never wrong).
+        memory too (slower across processes, never wrong). Featurized splits are saved as
+        arrays when they are ``TokenBags`` or tensors.
         """
+        if key.startswith(FEATURES_PREFIX):
+            arrays = features_to_arrays(value)
+            if arrays is None:
+                return
+            buffer = io.BytesIO()
+            np.savez(buffer, key=np.array(key), **arrays)
+            with self._phase("artifact_io"):
+                atomic_write_bytes(self.path(key), buffer.getvalue())
+            return
         train_set = getattr(value, "train_set", None)
         if not train_set or any(part[0] != "split" for part in train_set):
             return
-        buffer = io.BytesIO()
-        try:
-            torch.save(value, buffer)
-        except Exception as exc:
-            self.unsaved[key] = f"{type(exc).__name__}: {exc}"
-            return
-        atomic_write_bytes(self.path(key), buffer.getvalue())
+        with self._phase("artifact_io"):
+            buffer = io.BytesIO()
+            try:
+                torch.save(value, buffer)
+            except Exception as exc:
+                self.unsaved[key] = f"{type(exc).__name__}: {exc}"
+                return
+            atomic_write_bytes(self.path(key), buffer.getvalue())
 
     def get(self, key: str) -> Any | None:
         value = super().get(key)
-        if value is None and key.startswith(PERSISTED_PREFIX):
+        if value is None and key.startswith(PERSISTED_PREFIXES):
             value = self._load(key)
             if value is not None:
                 super().put(key, value)
         return value
 
+    @contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path(key).with_suffix(".lock")
+        with open(lock_path, "w") as lock:
+            with self._phase("lock_wait"):
+                fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be computing it now
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def get_or_create(self, key: str, create: Callable[[], Any]) -> tuple[Any, bool]:
-        if not key.startswith(PERSISTED_PREFIX):
+        if not key.startswith(PERSISTED_PREFIXES):
             return super().get_or_create(key, create)
         value = self.get(key)
         if value is not None:
             self.hits += 1
             return value, True
-        self.directory.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path(key).with_suffix(".lock")
-        with open(lock_path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be training it right now
-            try:
-                value = self._load(key)
-                if value is not None:
-                    super().put(key, value)
-                    self.hits += 1
-                    return value, True
-                self.misses += 1
-                value = create()
-                self._save(key, value)
+        with self._locked(key):
+            value = self._load(key)
+            if value is not None:
                 super().put(key, value)
-                return value, False
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                self.hits += 1
+                return value, True
+            self.misses += 1
+            value = create()
+            self._save(key, value)
+            super().put(key, value)
+            return value, False
+
+
+def features_to_arrays(value: Any) -> dict[str, np.ndarray] | None:
+    """Plain arrays for a featurized split: a Tensor, or a batch with ``to_arrays()`` (and a
+    ``from_arrays`` classmethod, e.g. ``TokenBags``); None: not storable."""
+    if isinstance(value, torch.Tensor):
+        return {"tensor": value.numpy()}
+    to_arrays = getattr(value, "to_arrays", None)
+    if not callable(to_arrays) or not hasattr(type(value), "from_arrays"):
+        return None
+    kind = f"{type(value).__module__}:{type(value).__qualname__}"
+    return {"type": np.array(kind), **to_arrays()}
+
+
+def features_from_arrays(arrays: dict[str, np.ndarray]) -> Any:
+    """The inverse of :func:`features_to_arrays` (the batch class is imported by the name
+    it was saved under, as unpickling a model imports its plugin class)."""
+    if "tensor" in arrays:
+        return torch.from_numpy(arrays["tensor"])
+    module, _, name = str(arrays.pop("type")).partition(":")
+    cls: Any = importlib.import_module(module)
+    for part in name.split("."):
+        cls = getattr(cls, part)
+    return cls.from_arrays(arrays)

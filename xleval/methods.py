@@ -14,7 +14,8 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ from xleval.training import (
     derive_seed,
     predict_scores,
     resolve_training_options,
+    take,
     train,
 )
 
@@ -148,17 +150,35 @@ def artifact_key(kind: str, parts: Mapping[str, Any]) -> str:
     return f"{kind}:{hashlib.sha256(text.encode()).hexdigest()}"
 
 
+def artifact_nbytes(value: Any) -> int:
+    """Memory held by an artifact's tensors (models, featurized splits, scores)."""
+    if isinstance(value, torch.Tensor):
+        return value.element_size() * value.numel()
+    model = getattr(value, "model", None)
+    if isinstance(model, nn.Module):
+        return sum(t.element_size() * t.numel() for t in model.state_dict().values())
+    nbytes = getattr(value, "nbytes", None)
+    if callable(nbytes):
+        return int(nbytes())
+    return 0
+
+
 class ArtifactCache:
-    """Trained models and their test scores, shared between cells of one process.
+    """Trained models, featurized splits and test scores, shared between cells of a process.
 
     Values are shared, not copied: never train a cached model in place (transfer copies
-    weights *out of* the source model). ``max_items`` bounds memory (least recently used
-    out first). A later runner can subclass this to persist artifacts (keys are strings).
+    weights *out of* the source model). ``max_items`` and ``max_bytes`` (tensor memory, see
+    :func:`artifact_nbytes`) bound memory, least recently used out first: a model of
+    2*10^5 x 64 floats is 51 MB. A runner can subclass this to persist artifacts (keys are
+    strings).
     """
 
-    def __init__(self, max_items: int | None = None) -> None:
+    def __init__(self, max_items: int | None = None, max_bytes: int | None = None) -> None:
         self.max_items = max_items
+        self.max_bytes = max_bytes
         self._items: OrderedDict[str, Any] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self.nbytes = 0
         self.hits = 0
         self.misses = 0
 
@@ -175,10 +195,17 @@ class ArtifactCache:
         return None
 
     def put(self, key: str, value: Any) -> None:
+        self.nbytes -= self._sizes.pop(key, 0)
         self._items[key] = value
         self._items.move_to_end(key)
-        while self.max_items is not None and len(self._items) > self.max_items:
-            self._items.popitem(last=False)
+        self._sizes[key] = artifact_nbytes(value)
+        self.nbytes += self._sizes[key]
+        while len(self._items) > 1 and (
+            (self.max_items is not None and len(self._items) > self.max_items)
+            or (self.max_bytes is not None and self.nbytes > self.max_bytes)
+        ):
+            old, _ = self._items.popitem(last=False)
+            self.nbytes -= self._sizes.pop(old)
 
     def get_or_create(self, key: str, create: Callable[[], Any]) -> tuple[Any, bool]:
         """(value, True) if cached, else (create(), False) after storing it."""
@@ -250,6 +277,9 @@ class CellResult:
     transfer: dict[str, Any] | None = None
     fused_models: list[str] | None = None
     predictions: dict[str, Predictions] = field(default_factory=dict)
+    #: Seconds per phase (featurize, init, train, transfer, eval, artifact_io); their sum
+    #: is about train_seconds + eval_seconds.
+    timings: dict[str, float] = field(default_factory=dict)
 
     def to_json(self, predictions: bool = True, probs: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -269,6 +299,7 @@ class CellResult:
             "training": self.training,
             "transfer": self.transfer,
             "fused_models": self.fused_models,
+            "timings": self.timings,
         }
         if predictions:
             out["predictions"] = {
@@ -284,6 +315,28 @@ class CellResult:
 TrainSet = list[list[Any]]
 
 
+class PhaseTimer:
+    """Exclusive seconds per named phase: ``with timer("train"):`` blocks may nest, and an
+    inner block's time counts for the inner phase only."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._children: list[float] = []
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        self._children.append(0.0)
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            inner = self._children.pop()
+            self.seconds[name] = self.seconds.get(name, 0.0) + elapsed - inner
+            if self._children:
+                self._children[-1] += elapsed
+
+
 class _Cell:
     """Shared machinery of one cell: training sets, artifact caching, scoring."""
 
@@ -297,9 +350,11 @@ class _Cell:
         seed: int,
         registry: Registry,
         artifacts: ArtifactCache,
+        timer: PhaseTimer,
     ) -> None:
         self.method, self.dataset, self.sources, self.target = method, dataset, sources, target
         self.shots, self.seed, self.registry, self.artifacts = shots, seed, registry, artifacts
+        self.timer = timer
         self.options = method.options
         self.builder = registry.build(
             "models", self.options["model"], self.options["model_options"]
@@ -331,23 +386,76 @@ class _Cell:
                 out.extend(self.dataset.select(part[1], "dev"))
         return out
 
+    # -- features: each split featurized once per process (and run directory) -------------
+
+    def split_features(self, model: nn.Module, lang: str, split: str) -> Any | None:
+        """``model.featurize`` of one split, shared by every cell, seed and model with the
+        same ``feature_key`` (None: the model has none, so it featurizes its own texts)."""
+        feature_key = getattr(model, "feature_key", None)
+        if feature_key is None:
+            return None
+        key = artifact_key(
+            "features",
+            {
+                "dataset": self.dataset.fingerprint,
+                "lang": lang,
+                "split": split,
+                "featurizer": feature_key,
+            },
+        )
+        texts = [e.text for e in self.dataset.select(lang, split)]
+        with self.timer("featurize"):
+            features, _ = self.artifacts.get_or_create(key, lambda: model.featurize(texts))
+        return features
+
+    def train_features(self, model: nn.Module, train_set: TrainSet) -> Any | None:
+        """Features of ``train_set``: its splits' cached features, shots selected from
+        their split's (identical to featurizing the texts; None: featurize them)."""
+        parts = []
+        for part in train_set:
+            split = self.split_features(model, part[1], "train")
+            if split is None:
+                return None
+            if part[0] == "split":
+                parts.append(split)
+                continue
+            examples = self.dataset.select(part[1], "train")
+            position = {e.id: i for i, e in enumerate(examples)}
+            index = [position.get(e.id, -1) for e in self.sample.examples]
+            if any(
+                i < 0 or examples[i] is not e
+                for i, e in zip(index, self.sample.examples, strict=True)
+            ):
+                return None  # not the split's own examples: featurize the texts instead
+            with self.timer("featurize"):
+                parts.append(take(split, torch.tensor(index, dtype=torch.int64)))
+        with self.timer("featurize"):
+            return concat_batches(parts)
+
     def fit(
         self, model: nn.Module, train_set: TrainSet, options: dict[str, Any], role: str
     ) -> TrainReport:
         examples = self.examples(train_set)
         dev = self.dev_examples(train_set)
-        report = train(
-            model,
-            [e.text for e in examples],
-            self.dataset.label_ids(examples),
-            options,
-            seed=derive_seed(self.seed, "train", json.dumps(train_set)),
-            dev=([e.text for e in dev], self.dataset.label_ids(dev)) if dev else None,
-        )
+        features = self.train_features(model, train_set)
+        with self.timer("train"):
+            report = train(
+                model,
+                [e.text for e in examples],
+                self.dataset.label_ids(examples),
+                options,
+                seed=derive_seed(self.seed, "train", json.dumps(train_set)),
+                dev=([e.text for e in dev], self.dataset.label_ids(dev)) if dev else None,
+                features=features,
+            )
         self.training.append(
             {"role": role, "train_set": train_set, "cached": False, **report.to_json()}
         )
         return report
+
+    def build(self, train_texts: Sequence[str], seed: int) -> nn.Module:
+        with self.timer("init"):
+            return build_model(self.builder, self.n_classes, train_texts=train_texts, seed=seed)
 
     def trained(self, train_set: TrainSet, role: str) -> TrainedModel:
         """The model trained from scratch on ``train_set``: from the cache when another
@@ -366,12 +474,7 @@ class _Cell:
 
         def create() -> TrainedModel:
             texts = [e.text for e in self.examples(train_set)]
-            model = build_model(
-                self.builder,
-                self.n_classes,
-                train_texts=texts,
-                seed=derive_seed(self.seed, "init", json.dumps(train_set)),
-            )
+            model = self.build(texts, derive_seed(self.seed, "init", json.dumps(train_set)))
             report = self.fit(model, train_set, self.options["training"], role)
             return TrainedModel(key=key, model=model, report=report, train_set=train_set)
 
@@ -384,13 +487,31 @@ class _Cell:
 
     def scores(self, model: nn.Module, lang: str, key: str | None) -> torch.Tensor:
         texts = [e.text for e in self.dataset.select(lang, "test")]
+
+        def predict() -> torch.Tensor:
+            features = self.split_features(model, lang, "test")
+            with self.timer("eval"):
+                return predict_scores(model, texts, features=features)
+
         if key is None:
-            return predict_scores(model, texts)
+            return predict()
         cached, _ = self.artifacts.get_or_create(
-            artifact_key("scores", {"model": key, "lang": lang, "split": "test"}),
-            lambda: predict_scores(model, texts),
+            artifact_key("scores", {"model": key, "lang": lang, "split": "test"}), predict
         )
         return cached
+
+
+def concat_batches(parts: Sequence[Any]) -> Any:
+    """Featurized batches one after another: ``type(parts[0]).concat(parts)`` or Tensors'
+    ``torch.cat``."""
+    if len(parts) == 1:
+        return parts[0]
+    if all(isinstance(p, torch.Tensor) for p in parts):
+        return torch.cat(list(parts))
+    concat = getattr(type(parts[0]), "concat", None)
+    if concat is None:
+        raise TypeError(f"cannot concatenate batches of type {type(parts[0]).__name__}")
+    return concat(parts)
 
 
 #: Evaluates one language's test split to probabilities [n, classes].
@@ -433,16 +554,12 @@ def _transfer(cell: _Cell, result: dict[str, Any]) -> Scorer:
     """
     source = cell.trained(_source_set(cell), "source")
     shot_texts = [e.text for e in cell.sample.examples]
-    target = build_model(
-        cell.builder,
-        cell.n_classes,
-        train_texts=shot_texts,
-        seed=derive_seed(cell.seed, "init", "transfer-target"),
-    )
+    target = cell.build(shot_texts, derive_seed(cell.seed, "init", "transfer-target"))
     strategy = cell.registry.build(
         "transfer_strategies", cell.options["transfer"], cell.options["transfer_options"]
     )
-    target = strategy.transfer(source.model, target)
+    with cell.timer("transfer"):
+        target = strategy.transfer(source.model, target)
     result["transfer"] = dict(getattr(strategy, "last_report", None) or {})
     if len(cell.sample):  # k = 0: the transferred model is evaluated as it is
         cell.fit(target, cell.shot_set(), cell.options["finetune"], "finetune")
@@ -503,34 +620,41 @@ def run_cell(
     }
     artifacts = ArtifactCache() if artifacts is None else artifacts
 
-    started = time.perf_counter()
-    cell = _Cell(method, dataset, sources, target, shots, seed, registry, artifacts)
-    extra: dict[str, Any] = {}
-    protocol = method.protocol
-    if protocol == "target-only":
-        scorer = _target_only(cell)
-    elif protocol == "zero-shot":
-        scorer = _zero_shot(cell)
-    elif protocol == "joint":
-        scorer = _joint(cell)
-    elif protocol == "transfer":
-        scorer = _transfer(cell, extra)
-    elif protocol == "fusion":
-        scorer = _fusion(cell, extra)
-    else:  # make_method rejects unknown protocols; a hand-built Method might not
-        raise MethodError(f"unknown method protocol '{protocol}'")
-    train_seconds = time.perf_counter() - started
+    timer = PhaseTimer()
+    previous_timer = getattr(artifacts, "timer", None)
+    artifacts.timer = timer  # type: ignore[attr-defined]  # disk caches time their I/O
+    try:
+        started = time.perf_counter()
+        cell = _Cell(method, dataset, sources, target, shots, seed, registry, artifacts, timer)
+        extra: dict[str, Any] = {}
+        protocol = method.protocol
+        if protocol == "target-only":
+            scorer = _target_only(cell)
+        elif protocol == "zero-shot":
+            scorer = _zero_shot(cell)
+        elif protocol == "joint":
+            scorer = _joint(cell)
+        elif protocol == "transfer":
+            scorer = _transfer(cell, extra)
+        elif protocol == "fusion":
+            scorer = _fusion(cell, extra)
+        else:  # make_method rejects unknown protocols; a hand-built Method might not
+            raise MethodError(f"unknown method protocol '{protocol}'")
+        train_seconds = time.perf_counter() - started
 
-    started = time.perf_counter()
-    per_lang: dict[str, dict[str, float]] = {}
-    predictions: dict[str, Predictions] = {}
-    for lang in (target, *sources):
-        examples = dataset.select(lang, "test")
-        y = torch.tensor(dataset.label_ids(examples), dtype=torch.int64)
-        probs = scorer(lang) if examples else torch.zeros(0, len(dataset.labels))
-        per_lang[lang] = {name: m.compute(y, probs) for name, m in scorers.items()}
-        predictions[lang] = Predictions(tuple(e.id for e in examples), y, probs)
-    eval_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        per_lang: dict[str, dict[str, float]] = {}
+        predictions: dict[str, Predictions] = {}
+        with timer("eval"):
+            for lang in (target, *sources):
+                examples = dataset.select(lang, "test")
+                y = torch.tensor(dataset.label_ids(examples), dtype=torch.int64)
+                probs = scorer(lang) if examples else torch.zeros(0, len(dataset.labels))
+                per_lang[lang] = {name: m.compute(y, probs) for name, m in scorers.items()}
+                predictions[lang] = Predictions(tuple(e.id for e in examples), y, probs)
+        eval_seconds = time.perf_counter() - started
+    finally:
+        artifacts.timer = previous_timer  # type: ignore[attr-defined]
 
     return CellResult(
         method=method.name,
@@ -551,4 +675,5 @@ def run_cell(
         transfer=extra.get("transfer"),
         fused_models=extra.get("fused_models"),
         predictions=predictions,
+        timings={k: round(v, 6) for k, v in sorted(timer.seconds.items())},
     )

@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +164,9 @@ class CellTask:
     spec_json: dict[str, Any]
     run_dir: str
     disabled: tuple[str, ...] = ()
+    #: Share source models through RUN_DIR/artifacts (one machine); a cluster executor
+    #: turns this off and passes them as task arguments instead (see ``for_cluster``).
+    share_via_disk: bool = True
 
     @property
     def token(self) -> tuple[str, str]:
@@ -189,19 +192,63 @@ class CellTask:
             m.label: make_method(m.protocol, method_options(m), registry=pm.registry, name=m.label)
             for m in spec.methods
         }
-        artifacts = DiskArtifactCache(Path(self.run_dir) / "artifacts")
+        if self.share_via_disk:
+            artifacts = DiskArtifactCache(Path(self.run_dir) / "artifacts")
+        else:
+            from xleval.methods import ArtifactCache
+
+            artifacts = ArtifactCache(max_items=64)
         _STATES[self.token] = WorkerState(pm, dataset, methods, artifacts)
         return _STATES[self.token]
 
-    def state(self) -> WorkerState:
-        return _STATES.get(self.token) or self.install()
+    def state(self, dataset: MultilingualDataset | None = None) -> WorkerState:
+        return _STATES.get(self.token) or self.install(dataset=dataset)
 
-    def __call__(self, cell: Cell) -> dict[str, Any]:
-        """The cell's result; a failure becomes a result with its error, never an exception."""
+    # -- what a cluster executor needs to build a task graph ---------------------------
+
+    def for_cluster(self) -> CellTask:
+        """The same task for workers that share no filesystem with the driver."""
+        return replace(self, share_via_disk=False)
+
+    def portable_dataset(self) -> MultilingualDataset | None:
+        """The dataset to ship to workers, or None when each worker can load it by name.
+
+        A dataset read from the user's file is sent (workers may not see the file); a
+        bundled one (no ``path`` option) loads on every worker from the installed package.
+        """
+        spec = self.spec_json["dataset"]
+        return self.state().dataset if "path" in spec.get("options", {}) else None
+
+    def artifact_jobs(self, cell: Cell) -> list[SourceModelJob]:
+        """The source models ``cell`` will ask for: one task each, shared by every cell."""
+        method = self.state().methods[cell.method]
+        if method.protocol in ("zero-shot", "transfer"):
+            train_sets = [[["split", lang] for lang in sorted(cell.sources)]]
+        elif method.protocol == "fusion":
+            train_sets = [[["split", lang]] for lang in sorted(cell.sources)]
+        else:
+            return []
+        return [SourceModelJob(self, cell.method, cell.sources, ts, cell.seed) for ts in train_sets]
+
+    def failure(self, cell: Cell, exc: BaseException) -> dict[str, Any]:
+        """A failed result for ``cell`` when its task could not run at all."""
+        message = str(exc) if isinstance(exc, XlevalError) else f"{type(exc).__name__}: {exc}"
+        return {"cell": cell.to_json(), "status": "failed", "error": message, "traceback": None}
+
+    def __call__(
+        self, cell: Cell, *artifacts: Any, dataset: MultilingualDataset | None = None
+    ) -> dict[str, Any]:
+        """The cell's result; a failure becomes a result with its error, never an exception.
+
+        ``artifacts`` are trained models a cluster executor computed as separate tasks;
+        they go into this process's artifact cache so the cell reuses them.
+        """
         from xleval.methods import run_cell
 
         try:
-            state = self.state()
+            state = self.state(dataset)
+            for artifact in artifacts:
+                state.artifacts.put(artifact.key, artifact)
             result = run_cell(
                 state.methods[cell.method],
                 state.dataset,
@@ -237,12 +284,55 @@ class CellTask:
                 "training": result.training,
                 "transfer": result.transfer,
                 "fused_models": result.fused_models,
+                "timings": result.timings,  # seconds per phase (benchmarks/grid_scaling.py)
             },
             "predictions": {
                 lang: encode_predictions(p.ids, p.y_true, p.probs)
                 for lang, p in result.predictions.items()
             },
         }
+
+
+@dataclass(frozen=True)
+class SourceModelJob:
+    """Trains one source model (a whole-split training set, one seed) as a task of its own."""
+
+    task: CellTask
+    method: str
+    sources: tuple[str, ...]
+    train_set: list[list[Any]]
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """Identifies the model: its model and training options, training set and seed."""
+        method = next(m for m in self.task.spec_json["methods"] if m["label"] == self.method)
+        return content_key(
+            {
+                "model": method["model"],
+                "training": method["training"],
+                "train_set": self.train_set,
+                "seed": self.seed,
+            }
+        )
+
+    def __call__(self, dataset: MultilingualDataset | None = None) -> Any:
+        from xleval.methods import PhaseTimer, _Cell
+
+        state = self.task.state(dataset)
+        # A cell context with no target shots: all it does is train the source model.
+        context = _Cell(
+            state.methods[self.method],
+            state.dataset,
+            self.sources,
+            self.sources[0],
+            0,
+            self.seed,
+            state.pm.registry,
+            state.artifacts,
+            PhaseTimer(),
+        )
+        return context.trained(self.train_set, "source")
 
 
 def encode_predictions(ids: Iterable[str], y_true: Any, probs: Any) -> dict[str, Any]:

@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""The quickstart grid with the ``processes`` executor at 1 and 2 workers: wall time,
+speed-up, where the time goes, and peak memory.
+
+Each run is a fresh child process doing what ``xleval run`` does (plugins, dataset, every
+cell through the executor, statistics and report, predictions file), each phase timed; the
+cells report their own phases (featurize, table init, training, transfer, evaluation,
+artifact I/O, waiting for another worker's lock) in their ``info.timings``. Peak memory is
+sampled every 0.1 s over the child and all its workers: the summed RSS (shared pages
+counted once per process) and the summed PSS (shared pages split between the processes:
+what the run really holds). Rounds interleave the worker counts; figures are medians. Run
+from the repository root::
+
+    .venv/bin/python benchmarks/grid_scaling.py                 # quickstart, 3 rounds
+    .venv/bin/python benchmarks/grid_scaling.py --rounds 1 --workers 1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, TreeMemorySampler, machine, median, table
+
+SCRIPT = Path(__file__).resolve()
+CELL_PHASES = ("featurize", "init", "train", "transfer", "eval", "artifact_io", "lock_wait")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spec", default=str(ROOT / "specs" / "examples" / "quickstart.toml"))
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def child(request: dict[str, Any]) -> dict[str, Any]:
+    """One ``xleval run``, phase by phase (what xleval.cli_run does)."""
+    started = time.perf_counter()
+    from xleval.plugins import get_plugin_manager
+    from xleval.report import build_report, write_report
+    from xleval.runner import run_cells, write_predictions
+    from xleval.spec import read_spec_file, resolve_spec
+
+    pm = get_plugin_manager()
+    raw = read_spec_file(request["spec"])
+    raw["executor"] = {"name": "processes", "options": {"workers": request["workers"]}}
+    spec = resolve_spec(raw, pm.registry, source=request["spec"])
+    dataset = pm.registry.build("datasets", spec.dataset.name, spec.dataset.options).load()
+    executor = pm.registry.build("executors", spec.executor.name, spec.executor.options)
+    run_dir = Path(request["run_dir"])
+    phases = {"startup": time.perf_counter() - started}
+
+    mark = time.perf_counter()
+    outcome = run_cells(spec, pm, dataset, run_dir, executor=executor)
+    phases["cells"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    report = build_report(spec, pm, dataset, outcome)
+    phases["statistics"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    write_report(report, run_dir / "report.json")
+    write_predictions(run_dir, outcome)
+    with contextlib.redirect_stdout(io.StringIO()):
+        pm.registry.build("reporters", "table", {}).write(report, None)
+    phases["report_io"] = time.perf_counter() - mark
+    phases["total"] = time.perf_counter() - started
+
+    cell_phases = dict.fromkeys(CELL_PHASES, 0.0)
+    metrics = {}
+    busy = 0.0
+    for key, result in outcome.results.items():
+        if result["status"] != "ok":
+            continue
+        busy += result["train_seconds"] + result["eval_seconds"]
+        for name, seconds in result["info"].get("timings", {}).items():
+            cell_phases[name] = cell_phases.get(name, 0.0) + seconds
+        metrics[key] = [result["metrics"], result["source_metrics"]]
+    return {
+        "phases": phases,
+        "cell_phases": cell_phases,
+        "cell_busy": busy,
+        "cells": len(outcome.results),
+        "failed": len(outcome.failed),
+        "metrics": metrics,
+    }
+
+
+def run_once(spec: str, workers: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        request = {
+            "spec": spec,
+            "workers": workers,
+            "run_dir": str(Path(tmp) / "run"),
+            "out": str(Path(tmp) / "result.json"),
+        }
+        Path(tmp, "request.json").write_text(json.dumps(request))
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--child", str(Path(tmp) / "request.json")],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
+        with TreeMemorySampler(process.pid) as memory:
+            code = process.wait()
+        wall = time.perf_counter() - started
+        if code != 0:
+            raise RuntimeError(f"child run failed with exit code {code}")
+        result = json.loads(Path(request["out"]).read_text())
+    result.update(
+        wall=wall,
+        peak_rss_mb=memory.peak_rss_mb,
+        peak_pss_mb=memory.peak_pss_mb,
+        processes=memory.peak_processes,
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        request = json.loads(Path(args.child).read_text())
+        Path(request["out"]).write_text(json.dumps(child(request)))
+        return
+    workers = [int(w) for w in args.workers.split(",")]
+    print(
+        f"{Path(args.spec).name}, processes executor, workers {workers}; {args.rounds} "
+        f"interleaved rounds, medians; {machine()}",
+        flush=True,
+    )
+    runs: dict[int, list[dict[str, Any]]] = {w: [] for w in workers}
+    for r in range(args.rounds):
+        for w in workers:
+            result = run_once(args.spec, w)
+            runs[w].append(result)
+            print(
+                f"  round {r + 1}/{args.rounds} workers={w}: {result['wall']:.1f} s wall, "
+                f"peak PSS {result['peak_pss_mb']:.0f} MB",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    base = median(r["wall"] for r in runs[workers[0]])
+    rows = []
+    for w in workers:
+        rs = runs[w]
+        wall = median(r["wall"] for r in rs)
+        row = [f"{w} worker{'s' if w > 1 else ''}", f"{wall:.1f}", f"{base / wall:.2f}"]
+        for name in ("startup", "cells", "statistics", "report_io"):
+            row.append(f"{median(r['phases'][name] for r in rs):.1f}")
+        row += [
+            f"{median(r['peak_rss_mb'] for r in rs):.0f}",
+            f"{median(r['peak_pss_mb'] for r in rs):.0f}",
+            f"{max(r['peak_pss_mb'] for r in rs):.0f}",
+        ]
+        rows.append(row)
+    print()
+    print(
+        table(
+            rows,
+            [
+                "run",
+                "wall s",
+                "speed-up",
+                "startup s",
+                "cells s",
+                "statistics s",
+                "report+I/O s",
+                "peak RSS MB",
+                "peak PSS MB",
+                "max PSS MB",
+            ],
+        )
+    )
+
+    print("\nwhere the cells' time goes (summed over cells; per worker process it overlaps):")
+    rows = []
+    for w in workers:
+        rs = runs[w]
+        busy = median(r["cell_busy"] for r in rs)
+        row = [f"{w} worker{'s' if w > 1 else ''}", f"{busy:.1f}"]
+        for name in CELL_PHASES:
+            seconds = median(r["cell_phases"].get(name, 0.0) for r in rs)
+            row.append(f"{seconds:.1f} ({100 * seconds / busy:.0f}%)" if busy else "-")
+        rows.append(row)
+    print(table(rows, ["run", "cell s", *(f"{p} s" for p in CELL_PHASES)]))
+
+    print("\nshare of the wall time (driver phases; cells = everything the workers did):")
+    rows = []
+    for w in workers:
+        rs = runs[w]
+        wall = median(r["wall"] for r in rs)
+        busy = median(r["cell_busy"] for r in rs)
+        cells = median(r["phases"]["cells"] for r in rs)
+        phases = {
+            name: median(r["cell_phases"].get(name, 0.0) for r in rs)
+            for name in ("featurize", "init", "train", "transfer", "eval", "artifact_io")
+        }
+        # Cell phases scaled to the cells' share of the wall (they ran in parallel).
+        scale = cells / busy if busy else 0.0
+        share = {
+            "featurization": phases["featurize"] * scale,
+            "training (init+train+transfer)": (
+                phases["init"] + phases["train"] + phases["transfer"]
+            )
+            * scale,
+            "evaluation": phases["eval"] * scale,
+            "statistics": median(r["phases"]["statistics"] for r in rs),
+            "I/O (artifacts, report, predictions)": phases["artifact_io"] * scale
+            + median(r["phases"]["report_io"] for r in rs),
+        }
+        share["other (startup, scheduling, waits)"] = wall - sum(share.values())
+        rows.append(
+            [f"{w} worker{'s' if w > 1 else ''}"]
+            + [f"{v:.1f} s ({100 * v / wall:.0f}%)" for v in share.values()]
+        )
+    print(table(rows, ["run", *share]))
+
+    same = all(runs[w][0]["metrics"] == runs[workers[0]][0]["metrics"] for w in workers) and all(
+        r["metrics"] == rs[0]["metrics"] for rs in runs.values() for r in rs
+    )
+    print(f"\nmetrics bit-identical across worker counts and rounds: {'yes' if same else 'NO'}")
+    if len(workers) > 1:
+        w = workers[-1]
+        speedup = base / median(r["wall"] for r in runs[w])
+        peak = max(r["peak_pss_mb"] for rs in runs.values() for r in rs)
+        peak_rss = max(r["peak_rss_mb"] for rs in runs.values() for r in rs)
+        print(
+            f"bar: speed-up from {workers[0]} to {w} workers {speedup:.2f}x (>= 1.7); "
+            f"peak memory {peak:.0f} MB PSS, {peak_rss:.0f} MB RSS summed (<= 2048)"
+        )
+
+
+if __name__ == "__main__":
+    main()

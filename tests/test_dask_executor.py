@@ -1,0 +1,198 @@
+"""The dask executor: identical results to local runs, a real scheduler with a worker killed
+mid-run, and clear errors for an unreachable scheduler or a missing dask."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from test_runner import metrics_of, write_spec
+
+from xleval.cli import build_cli
+from xleval.report import read_report
+
+pytestmark = pytest.mark.usefixtures("clean_plugin_env")
+distributed = pytest.importorskip("distributed")
+BIN = Path(sys.executable).parent
+
+
+def run(*args):
+    return CliRunner().invoke(build_cli(), list(args))
+
+
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory):
+    """The same tiny spec run by the local executor: the results every dask run must match."""
+    tmp = tmp_path_factory.mktemp("reference")
+    spec = write_spec(tmp)
+    result = run("run", str(spec), "--out", str(tmp / "local"), "-q")
+    assert result.exit_code == 0, result.output
+    return spec, read_report(tmp / "local")
+
+
+def test_local_cluster_gives_identical_metrics(local_reference, tmp_path):
+    spec, reference = local_reference
+    out = tmp_path / "dask"
+    result = run(
+        "run",
+        str(spec),
+        "--out",
+        str(out),
+        "-q",
+        "--executor",
+        "dask",
+        "--executor-option",
+        "n_workers=2",
+    )
+    assert result.exit_code == 0, result.output
+    report = read_report(out)
+    assert report["spec"]["executor"]["name"] == "dask"
+    assert metrics_of(report) == metrics_of(reference)
+    # one source model per seed: trained by its own task, not once per cell
+    sources = [t for c in report["cells"] for t in c["info"]["training"] if t["role"] == "source"]
+    assert sum(not t["cached"] for t in sources) == 0
+
+
+def test_unreachable_scheduler_is_a_clear_error(tmp_path):
+    spec = write_spec(tmp_path)
+    result = run(
+        "run",
+        str(spec),
+        "--out",
+        str(tmp_path / "run"),
+        "-q",
+        "--executor",
+        "dask",
+        "--executor-option",
+        "address=tcp://127.0.0.1:9",
+        "--executor-option",
+        "timeout=2s",
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith("error: cannot reach the dask scheduler at tcp://127.0.0.1:9")
+    assert "Traceback" not in result.output
+
+
+def test_missing_dask_is_a_clear_error(tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_distributed(name, *args, **kwargs):
+        if name == "distributed" or name.startswith("distributed."):
+            raise ImportError("No module named 'distributed'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_distributed)
+    spec = write_spec(tmp_path)
+    result = run("run", str(spec), "--out", str(tmp_path / "run"), "-q", "--executor", "dask")
+    assert result.exit_code == 1
+    assert "the 'dask' executor needs dask.distributed: pip install 'xleval[dask]'" in result.output
+
+
+def start(command: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.slow
+def test_real_scheduler_survives_a_killed_worker(local_reference, tmp_path):
+    spec, _ = local_reference
+    spec_text = spec.read_text().replace("epochs = 5", "epochs = 40")
+    slow_spec = tmp_path / "slow.toml"
+    slow_spec.write_text(spec_text)
+    scheduler_file = tmp_path / "scheduler.json"
+    scheduler = start(
+        [
+            str(BIN / "dask"),
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        tmp_path / "scheduler.log",
+    )
+    workers = []
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for name in ("w1", "w2"):
+            workers.append(
+                start(
+                    [
+                        str(BIN / "dask"),
+                        "worker",
+                        "--scheduler-file",
+                        str(scheduler_file),
+                        "--nthreads",
+                        "1",
+                        "--no-dashboard",
+                        "--name",
+                        name,
+                    ],
+                    tmp_path / f"{name}.log",
+                )
+            )
+        with distributed.Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+            address = client.scheduler.address
+        out = tmp_path / "run"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("XLEVAL_")}
+        driver = subprocess.Popen(
+            [
+                str(BIN / "xleval"),
+                "run",
+                str(slow_spec),
+                "--out",
+                str(out),
+                "-q",
+                "--executor",
+                "dask",
+                "--executor-option",
+                f"address={address}",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if (
+                out.joinpath("cells").exists()
+                and len(list(out.joinpath("cells").glob("*.json"))) >= 3
+            ):
+                break
+            time.sleep(0.05)
+        stop(workers[0])  # SIGKILL the whole worker (nanny and process) mid-run
+        done_at_kill = len(list(out.joinpath("cells").glob("*.json")))
+        _, stderr = driver.communicate(timeout=600)
+        assert driver.returncode == 0, stderr
+        assert done_at_kill < 24, "the worker should die while cells are still running"
+        report = read_report(out)
+        assert all(c["status"] == "ok" for c in report["cells"])
+        assert report["run"]["cells_computed"] == 24
+
+        reference = tmp_path / "reference"
+        assert run("run", str(slow_spec), "--out", str(reference), "-q").exit_code == 0
+        assert metrics_of(report) == metrics_of(read_report(reference))
+    finally:
+        for process in [*workers, scheduler]:
+            stop(process)

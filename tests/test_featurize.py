@@ -1,0 +1,113 @@
+"""The vectorised featurizer gives exactly the ids of the straightforward one: bulk n-gram
+hashing, word-factorised bags, their select/concat, and the on-disk round trip."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from xleval_plugins.featurize import (
+    HashedFeaturizer,
+    SubwordTable,
+    TokenBags,
+    char_ngrams,
+    fnv1a,
+    tokenize,
+    unique_inverse,
+)
+
+ALPHABET = "abcdeéüß日本語ключ𝔘_19"
+TEXTS = [
+    "The Linux kernel, the the kernel!",
+    "noyau Linux — über-schnell 日本語のテキスト",
+    "",
+    "ключ к ключу, ключ",
+    "a b c d e f g",
+    "GTK+-3 c_lib 2024 𝔘nicode",
+]
+
+
+def reference_ids(text: str, buckets: int, minn: int, maxn: int, max_tokens=None) -> list[int]:
+    """fastText-style ids, one token and one n-gram at a time (the definition)."""
+    ids = []
+    for word in tokenize(text, max_tokens):
+        ids.append(fnv1a(word.encode() + b"\xff") % buckets)
+        if maxn >= minn > 0:
+            ids += [fnv1a(g.encode()) % buckets for g in char_ngrams(word, minn, maxn)]
+    return ids
+
+
+def bag(bags: TokenBags, i: int) -> list[int]:
+    return bags.ids[bags.offsets[i] : bags.offsets[i + 1]].tolist()
+
+
+@pytest.mark.parametrize("minn, maxn", [(3, 5), (1, 2), (1, 1), (2, 6), (4, 4), (0, 0)])
+def test_bulk_hashing_equals_one_ngram_at_a_time(minn, maxn):
+    rng = random.Random(minn * 10 + maxn)
+    words = list(
+        dict.fromkeys(
+            "".join(rng.choice(ALPHABET) for _ in range(rng.randint(1, 9))) for _ in range(300)
+        )
+    )
+    table = SubwordTable(1_000_003, minn, maxn)
+    ids, lengths = table.gather(table.lookup(words))
+    expected = [i for w in words for i in reference_ids(w, 1_000_003, minn, maxn)]
+    assert ids.tolist() == expected
+    assert lengths.tolist() == [len(reference_ids(w, 1_000_003, minn, maxn)) for w in words]
+
+
+def test_featurizer_ids_equal_the_reference_and_word_bags_expand_to_them():
+    featurize = HashedFeaturizer(buckets=5000, ngram_range=(3, 5), cache=None, max_tokens=5)
+    bags = featurize(TEXTS)
+    assert bags.words is not None  # factorised through distinct words
+    for i, text in enumerate(TEXTS):
+        assert bag(bags, i) == reference_ids(text, 5000, 3, 5, max_tokens=5)
+    assert bags.lengths().tolist() == [len(reference_ids(t, 5000, 3, 5, 5)) for t in TEXTS]
+
+
+def test_lookup_gives_the_same_indices_cold_and_warm():
+    table = SubwordTable(1000, 3, 5)
+    tokens = [t for text in TEXTS for t in tokenize(text)] * 3
+    cold = table.lookup(tokens)  # most words new: the bulk path
+    warm = table.lookup(tokens)  # every word known
+    few_new = table.lookup([*tokens, "zzz-new"][-5:])  # a few new: the picked path
+    assert cold.tolist() == warm.tolist()
+    assert few_new[:-1].tolist() == warm[-4:].tolist()
+    assert [table.index[t] for t in tokens] == warm.tolist()
+
+
+def test_select_and_concat_of_word_bags_equal_featurizing_those_texts():
+    featurize = HashedFeaturizer(buckets=5000, cache=None)
+    bags = featurize(TEXTS)
+    index = [5, 0, 3, 0, 2]
+    picked = bags.select(torch.tensor(index))
+    direct = featurize([TEXTS[i] for i in index])
+    assert picked.words is not None
+    assert torch.equal(picked.ids, direct.ids) and torch.equal(picked.offsets, direct.offsets)
+    joined = TokenBags.concat([bags, picked])
+    direct = featurize(TEXTS + [TEXTS[i] for i in index])
+    assert torch.equal(joined.ids, direct.ids) and torch.equal(joined.offsets, direct.offsets)
+    plain = TokenBags(bags.ids.clone(), bags.offsets.clone())  # no word index
+    assert torch.equal(plain.select(torch.tensor(index)).ids, picked.ids)
+    assert torch.equal(TokenBags.concat([plain, picked]).ids, joined.ids)
+
+
+@pytest.mark.parametrize("word_ngrams", [1, 2])
+def test_bags_round_trip_through_plain_arrays_exactly(word_ngrams):
+    bags = HashedFeaturizer(buckets=777, word_ngrams=word_ngrams, cache=None)(TEXTS)
+    arrays = bags.to_arrays()
+    assert all(isinstance(a, np.ndarray) for a in arrays.values())
+    back = TokenBags.from_arrays({k: np.array(v) for k, v in arrays.items()})
+    assert torch.equal(back.ids, bags.ids) and torch.equal(back.offsets, bags.offsets)
+    assert (back.words is None) == (bags.words is None)
+
+
+def test_unique_inverse_by_mask_and_by_sort_agree():
+    values = np.array([7, 3, 3, 9, 0, 7, 7], dtype=np.int64)
+    by_mask = unique_inverse(values, 10)  # dense range: the mask
+    by_sort = unique_inverse(values, 10**9)  # sparse range: a sort
+    for distinct, inverse in (by_mask, by_sort):
+        assert distinct.tolist() == [0, 3, 7, 9]
+        assert distinct[inverse].tolist() == values.tolist()
