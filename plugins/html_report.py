@@ -300,7 +300,7 @@ class HtmlReporter:
             gap_figures=self._gap_figures(report, plt, plots_dir),
             comparisons=comparisons,
             comparison_headers=headers,
-            alpha=1 - spec.get("statistics", {}).get("confidence", 0.95),
+            alpha=f"{1 - spec.get('statistics', {}).get('confidence', 0.95):.3g}",
             calibration=self._calibration(report, plt, plots_dir),
             failures=failures,
             created=report["created"],

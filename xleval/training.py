@@ -10,8 +10,12 @@ frozen by a transfer strategy) are left alone.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import math
+import os
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,6 +28,31 @@ from torch import nn
 
 from xleval.errors import OptionsError
 from xleval.registry import fill_defaults, schema_errors
+
+def tune_allocator() -> bool:
+    """Keep freed memory for reuse instead of returning it to the OS at once (glibc only).
+
+    Training and batch planning allocate many short-lived arrays of megabytes; by default
+    glibc serves each above its mmap threshold with fresh pages (a page fault per 4 KB, the
+    allocator trap of PERF_NOTES): planning an epoch's batches took 0.73 s instead of 0.43
+    s in a fresh process. The peak resident memory is unchanged (it is what the arrays
+    need); only its return to the OS is delayed. ``XLEVAL_MALLOC_TUNING=0`` turns it off.
+    """
+    if os.environ.get("XLEVAL_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    ok = mallopt(m_mmap_threshold, 256 * 2**20)  # below this, reuse the heap
+    ok &= mallopt(m_trim_threshold, 1024 * 2**20)  # keep up to 1 GB of freed heap
+    ok &= mallopt(m_top_pad, 64 * 2**20)  # grow the heap 64 MB at a time
+    return bool(ok)
+
+
+ALLOCATOR_TUNED = tune_allocator()
 
 OPTIMIZERS: tuple[str, ...] = ("rowwise-adagrad", "adagrad", "sgd", "adam")
 
