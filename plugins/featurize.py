@@ -432,7 +432,8 @@ class TokenBags:
         starts = token_offsets[at]
         tokens = words.token_words.numpy()[np_ranges(starts, token_offsets[at + 1] - starts)]
         slot_starts = slot_offsets[tokens]
-        return gather(words.slot_ids, np_ranges(slot_starts, slot_offsets[tokens + 1] - slot_starts))
+        slot_ends = slot_offsets[tokens + 1]
+        return gather(words.slot_ids, np_ranges(slot_starts, slot_ends - slot_starts))
 
     def select(self, index: torch.Tensor | Sequence[int]) -> TokenBags:
         """The bags at ``index`` (in that order), as a new compact batch."""

@@ -19,8 +19,8 @@ from xleval_plugins.featurize import (
     HashedFeaturizer,
     TokenBags,
     VocabularyFeaturizer,
-    np_offsets,
     gather,
+    np_offsets,
     np_ranges,
 )
 

@@ -29,6 +29,7 @@ from torch import nn
 from xleval.errors import OptionsError
 from xleval.registry import fill_defaults, schema_errors
 
+
 def tune_allocator() -> bool:
     """Keep freed memory for reuse instead of returning it to the OS at once (glibc only).
 
