@@ -40,6 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", default=str(ROOT / "specs" / "examples" / "quickstart.toml"))
     parser.add_argument("--workers", default="1,2")
+    parser.add_argument(
+        "--executor",
+        choices=["processes", "dask"],
+        default="processes",
+        help="dask: a LocalCluster with one single-threaded worker process per worker",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -55,7 +61,11 @@ def child(request: dict[str, Any]) -> dict[str, Any]:
 
     pm = get_plugin_manager()
     raw = read_spec_file(request["spec"])
-    raw["executor"] = {"name": "processes", "options": {"workers": request["workers"]}}
+    if request.get("executor", "processes") == "dask":
+        options = {"n_workers": request["workers"], "threads_per_worker": 1}
+        raw["executor"] = {"name": "dask", "options": options}
+    else:
+        raw["executor"] = {"name": "processes", "options": {"workers": request["workers"]}}
     spec = resolve_spec(raw, pm.registry, source=request["spec"])
     dataset = pm.registry.build("datasets", spec.dataset.name, spec.dataset.options).load()
     executor = pm.registry.build("executors", spec.executor.name, spec.executor.options)
@@ -98,11 +108,12 @@ def child(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_once(spec: str, workers: int) -> dict[str, Any]:
+def run_once(spec: str, workers: int, executor: str = "processes") -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         request = {
             "spec": spec,
             "workers": workers,
+            "executor": executor,
             "run_dir": str(Path(tmp) / "run"),
             "out": str(Path(tmp) / "result.json"),
         }
@@ -136,14 +147,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     workers = [int(w) for w in args.workers.split(",")]
     print(
-        f"{Path(args.spec).name}, processes executor, workers {workers}; {args.rounds} "
+        f"{Path(args.spec).name}, {args.executor} executor, workers {workers}; {args.rounds} "
         f"interleaved rounds, medians; {machine()}",
         flush=True,
     )
     runs: dict[int, list[dict[str, Any]]] = {w: [] for w in workers}
     for r in range(args.rounds):
         for w in workers:
-            result = run_once(args.spec, w)
+            result = run_once(args.spec, w, args.executor)
             runs[w].append(result)
             print(
                 f"  round {r + 1}/{args.rounds} workers={w}: {result['wall']:.1f} s wall, "
@@ -227,6 +238,17 @@ def main(argv: list[str] | None = None) -> None:
             + [f"{v:.1f} s ({100 * v / wall:.0f}%)" for v in share.values()]
         )
     print(table(rows, ["run", *share]))
+
+    print("\nper-cell overhead of the executor (scheduling, transfers, idle workers):")
+    rows = []
+    for w in workers:
+        rs = runs[w]
+        cells_wall = median(r["phases"]["cells"] for r in rs)
+        busy = median(r["cell_busy"] for r in rs)
+        n = median(r["cells"] for r in rs)
+        overhead = max(0.0, cells_wall * w - busy) / n if n else 0.0
+        rows.append([f"{w} worker{'s' if w > 1 else ''}", f"{n:.0f}", f"{1000 * overhead:.0f}"])
+    print(table(rows, ["run", "cells", "overhead ms/cell ((cells s x workers - cell s) / cells)"]))
 
     same = all(runs[w][0]["metrics"] == runs[workers[0]][0]["metrics"] for w in workers) and all(
         r["metrics"] == rs[0]["metrics"] for rs in runs.values() for r in rs

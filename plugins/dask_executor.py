@@ -38,6 +38,12 @@ def task_key(prefix: str, *parts: str) -> str:
     return f"xleval-{prefix}-{digest}"
 
 
+def _set_thread_budget(threads: int) -> None:
+    from xleval.training import set_thread_budget
+
+    set_thread_budget(threads)
+
+
 class DaskExecutor:
     """Submits artifact tasks and cell tasks to a Dask scheduler and yields cell results."""
 
@@ -76,6 +82,10 @@ class DaskExecutor:
         if not cells:
             return
         client, cluster = self._connect()
+        # Each worker thread trains with this many torch threads: more would oversubscribe
+        # the cores that the worker processes share (training time doubled in
+        # benchmarks/grid_scaling.py without this).
+        client.run(_set_thread_budget, self.threads_per_worker)
         fn = getattr(fn, "for_cluster", lambda: fn)()
         futures: dict[Any, Any] = {}
         try:
