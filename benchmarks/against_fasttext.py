@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_defaults:
         print(
             f"  xleval default training      {mean(5):.4f}   train {mean(6):.2f} s "
-            "(adagrad, lr 0.2, 5 epochs)"
+            "(rowwise-adagrad, lr 0.2, 5 epochs)"
         )
 
 

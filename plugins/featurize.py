@@ -38,6 +38,110 @@ def tokenize(text: str, max_tokens: int | None = None) -> list[str]:
     return tokens if max_tokens is None else tokens[:max_tokens]
 
 
+_WORD_CHARS = np.zeros(0x110000, dtype=np.bool_)  # TOKEN_PATTERN's \w, per code point
+_WORD_BLOCKS = np.zeros(0x110000 >> 8, dtype=np.bool_)  # 256-code-point blocks filled in
+_WORD_LOCK = threading.Lock()
+_CHAR = re.compile(r"\w")
+
+
+def word_chars(codes: np.ndarray) -> np.ndarray:
+    """Whether each code point is a word character of :data:`TOKEN_PATTERN` (``\\w``).
+
+    The table is filled from the regex itself, 256 code points at a time as blocks are
+    first met, so it agrees with ``re`` by construction.
+    """
+    seen = np.zeros(len(_WORD_BLOCKS), dtype=np.bool_)
+    seen[codes >> 8] = True
+    new = np.flatnonzero(seen & ~_WORD_BLOCKS)
+    if len(new):
+        with _WORD_LOCK:
+            for block in new.tolist():
+                base = block << 8
+                _WORD_CHARS[base : base + 256] = [
+                    _CHAR.match(chr(c)) is not None for c in range(base, base + 256)
+                ]
+                _WORD_BLOCKS[block] = True
+    return _WORD_CHARS[codes]
+
+
+#: Two independent 64-bit hashes of a token's code points identify it in the word table
+#: (a collision between two words needs both to collide: ~2^-128).
+_H1_OFFSET, _H1_PRIME = np.uint64(14695981039346656037), np.uint64(1099511628211)
+_H2_OFFSET, _H2_PRIME = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xFF51AFD7ED558CCD)
+
+
+def code_hashes(
+    codes: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(h1, h2) of the code point ranges ``codes[starts[i] : starts[i] + lengths[i]]``:
+    FNV-1a-64 and a multiply-add hash, vectorised across ranges like :func:`fnv1a_ranges`."""
+    n = len(starts)
+    h1 = np.full(n, _H1_OFFSET, dtype=np.uint64)
+    h2 = np.full(n, _H2_OFFSET, dtype=np.uint64)
+    if n == 0:
+        return h1, h2
+    longest = int(lengths.max())
+    if longest < 2**16:
+        order = np.argsort((longest - lengths).astype(np.uint16), kind="stable")
+    else:
+        order = np.argsort(-lengths, kind="stable")
+    lengths_sorted, starts_sorted = lengths[order], starts[order]
+    active = np.searchsorted(-lengths_sorted, -np.arange(longest), side="left")
+    for j in range(longest):
+        count = int(active[j])
+        c = codes[starts_sorted[:count] + j].astype(np.uint64)
+        a, b = h1[:count], h2[:count]
+        np.bitwise_xor(a, c, out=a)
+        np.multiply(a, _H1_PRIME, out=a)
+        np.add(b, c, out=b)
+        np.multiply(b, _H2_PRIME, out=b)
+    out1, out2 = np.empty(n, dtype=np.uint64), np.empty(n, dtype=np.uint64)
+    out1[order], out2[order] = h1, h2
+    return out1, out2
+
+
+class Tokens(NamedTuple):
+    """The tokens of many texts, as positions in their lower-cased, joined text."""
+
+    text: str  # the lower-cased texts joined by "\x00" (never a word character)
+    starts: np.ndarray  # each token's first character in ``text``
+    ends: np.ndarray
+    per_doc: np.ndarray  # tokens of each text
+    h1: np.ndarray  # see code_hashes
+    h2: np.ndarray
+
+    def strings(self, positions: np.ndarray) -> list[str]:
+        text = self.text
+        return [text[a:b] for a, b in zip(self.starts[positions].tolist(),
+                                          self.ends[positions].tolist(), strict=True)]  # fmt: skip
+
+
+def tokenize_many(texts: Sequence[str], max_tokens: int | None = None) -> Tokens:
+    """:func:`tokenize` of many texts at once, without a Python object per token: the texts'
+    code points in one array, word characters by table lookup, token boundaries and
+    hashes with numpy. ``Tokens.strings`` gives the token strings equal to
+    ``tokenize(text, max_tokens)``'s (tests/test_featurize.py)."""
+    lowered = [t.lower() for t in texts]
+    lengths = np.fromiter(map(len, lowered), dtype=np.int64, count=len(lowered))
+    text = "\x00".join(lowered)
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    edges = np.diff(word_chars(codes).view(np.int8), prepend=np.int8(0), append=np.int8(0))
+    starts = np.flatnonzero(edges == 1)
+    ends = np.flatnonzero(edges == -1)
+    doc_start = np.zeros(len(lowered), dtype=np.int64)
+    np.cumsum(lengths[:-1] + 1, out=doc_start[1:])
+    doc = np.searchsorted(doc_start, starts, side="right") - 1
+    per_doc = np.bincount(doc, minlength=len(lowered)).astype(np.int64)
+    if max_tokens is not None and len(starts) and int(per_doc.max()) > max_tokens:
+        first = np.zeros(len(lowered), dtype=np.int64)
+        np.cumsum(per_doc[:-1], out=first[1:])
+        keep = np.arange(len(starts)) - first[doc] < max_tokens
+        starts, ends, doc = starts[keep], ends[keep], doc[keep]
+        per_doc = np.minimum(per_doc, max_tokens)
+    h1, h2 = code_hashes(codes, starts, ends - starts)
+    return Tokens(text, starts, ends, per_doc, h1, h2)
+
+
 def fnv1a(data: bytes) -> int:
     """fastText's 32-bit FNV-1a (bytes sign-extended as ``int8``, as its C++ does)."""
     h = 2166136261
@@ -182,6 +286,12 @@ class SubwordTable:
         self._length = np.zeros(256, dtype=np.int64)
         self._hash = np.zeros(256, dtype=np.uint32)  # fastText's hash(word), for word n-grams
         self._lock = threading.Lock()
+        # An open-addressing table (h1, h2) -> word index over code_hashes of each word, so
+        # tokenize_many's tokens find their words without a Python object per token.
+        self._bits = 16
+        self._key1 = np.zeros(1 << self._bits, dtype=np.uint64)
+        self._key2 = np.zeros(1 << self._bits, dtype=np.uint64)
+        self._value = np.full(1 << self._bits, -1, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -213,7 +323,55 @@ class SubwordTable:
         )
         return found
 
+    def find(self, h1: np.ndarray, h2: np.ndarray) -> np.ndarray:
+        """Word index of each (h1, h2) key (see :func:`code_hashes`), -1 if unknown."""
+        key1, key2, value, bits = self._key1, self._key2, self._value, self._bits
+        out = np.full(len(h1), -1, dtype=np.int64)
+        pending = np.arange(len(h1))
+        slot = _home_slot(h1, bits)
+        mask = (1 << bits) - 1
+        while len(pending):
+            found = value[slot]
+            hit = (found >= 0) & (key1[slot] == h1[pending]) & (key2[slot] == h2[pending])
+            out[pending[hit]] = found[hit]
+            probe = (found >= 0) & ~hit  # another key sits there: look one slot further
+            pending, slot = pending[probe], (slot[probe] + 1) & mask
+        return out
+
+    def _insert(self, h1: np.ndarray, h2: np.ndarray, values: np.ndarray) -> None:
+        """Add keys (new and distinct) to the hash table; the caller holds the lock."""
+        filled = int((self._value >= 0).sum()) if len(h1) else 0
+        if 2 * (filled + len(h1)) > len(self._value):  # keep the load under 1/2
+            bits = self._bits
+            while 2 * (filled + len(h1)) > (1 << bits):
+                bits += 1
+            old = self._value >= 0
+            key1, key2, value = (np.zeros(1 << bits, dtype=np.uint64),
+                                 np.zeros(1 << bits, dtype=np.uint64),
+                                 np.full(1 << bits, -1, dtype=np.int64))  # fmt: skip
+            _place(key1, key2, value, bits, self._key1[old], self._key2[old], self._value[old])
+            # Swap whole arrays: a concurrent find() sees the old table or the new one.
+            self._key1, self._key2, self._value, self._bits = key1, key2, value, bits
+        _place(self._key1, self._key2, self._value, self._bits, h1, h2, values)
+
+    def lookup_tokens(self, tokens: Tokens) -> np.ndarray:
+        """Word indices of :func:`tokenize_many`'s tokens, hashing words never seen before."""
+        found = self.find(tokens.h1, tokens.h2)
+        missing = np.flatnonzero(found < 0)
+        while len(missing):
+            # One token per distinct h1 (two tokens sharing only h1 take another round).
+            _, first = np.unique(tokens.h1[missing], return_index=True)
+            new = tokens.strings(missing[np.sort(first)])
+            with self._lock:
+                self._add(new)
+            found[missing] = self.find(tokens.h1[missing], tokens.h2[missing])
+            missing = missing[found[missing] < 0]
+        return found
+
     def _add(self, words: list[str]) -> None:
+        words = [w for w in words if w not in self.index]  # by string: the dict decides
+        if not words:
+            return
         marked = MarkedWords.of(words)
         if self.maxn >= self.minn > 0:
             buffer, starts, lengths, counts = char_ngram_ranges(marked, self.minn, self.maxn)
@@ -245,7 +403,9 @@ class SubwordTable:
         self._hash[n_old : n_old + len(words)] = word_hashes
         self._size += total
         # Publish the words last: a reader that finds a word finds its ids too.
-        self.index.update(zip(words, range(n_old, n_old + len(words)), strict=True))
+        new_index = np.arange(n_old, n_old + len(words), dtype=np.int64)
+        self._insert(*code_hashes_of(words), new_index)
+        self.index.update(zip(words, new_index.tolist(), strict=True))
 
     def gather(self, word_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Concatenated feature ids of ``word_idx`` (int64) and the number of ids per word."""
@@ -259,6 +419,46 @@ class SubwordTable:
 
     def word_hashes(self, word_idx: np.ndarray) -> np.ndarray:
         return self._hash[word_idx]
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _home_slot(h1: np.ndarray, bits: int) -> np.ndarray:
+    return ((h1 * _GOLDEN) >> np.uint64(64 - bits)).astype(np.int64)
+
+
+def _place(
+    key1: np.ndarray,
+    key2: np.ndarray,
+    value: np.ndarray,
+    bits: int,
+    h1: np.ndarray,
+    h2: np.ndarray,
+    values: np.ndarray,
+) -> None:
+    """Insert distinct new keys by linear probing, vectorised: each round, every key whose
+    slot is free and which comes first among the keys aiming at it takes it."""
+    mask = (1 << bits) - 1
+    pending = np.arange(len(h1))
+    slot = _home_slot(h1, bits)
+    while len(pending):
+        free = value[slot] < 0
+        targets, first = np.unique(slot[free], return_index=True)
+        winners = pending[free][first]
+        key1[targets], key2[targets] = h1[winners], h2[winners]
+        value[targets] = values[winners]  # last: a reader that sees it sees the keys too
+        left = np.ones(len(pending), dtype=np.bool_)
+        left[np.flatnonzero(free)[first]] = False
+        pending, slot = pending[left], slot[left]
+        slot = np.where(value[slot] >= 0, (slot + 1) & mask, slot)
+
+
+def code_hashes_of(words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`code_hashes` of whole strings."""
+    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    codes = np.frombuffer("".join(words).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return code_hashes(codes, np_offsets(lengths)[:-1], lengths)
 
 
 def _ensure(array: np.ndarray, size: int) -> np.ndarray:
@@ -645,9 +845,9 @@ class HashedFeaturizer:
         )
 
     def _featurize(self, texts: list[str]) -> TokenBags:
-        token_lists = [tokenize(t, self.max_tokens) for t in texts]
-        tokens_per_doc = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(texts))
-        word_idx = self.table.lookup(list(chain.from_iterable(token_lists)))
+        tokens = tokenize_many(texts, self.max_tokens)
+        tokens_per_doc = tokens.per_doc
+        word_idx = self.table.lookup_tokens(tokens)
         if self.word_ngrams == 1:
             return self._word_bags(word_idx, tokens_per_doc)
         ids, per_token = self.table.gather(word_idx)

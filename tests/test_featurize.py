@@ -15,6 +15,7 @@ from xleval_plugins.featurize import (
     char_ngrams,
     fnv1a,
     tokenize,
+    tokenize_many,
     unique_inverse,
 )
 
@@ -111,3 +112,39 @@ def test_unique_inverse_by_mask_and_by_sort_agree():
     for distinct, inverse in (by_mask, by_sort):
         assert distinct.tolist() == [0, 3, 7, 9]
         assert distinct[inverse].tolist() == values.tolist()
+
+
+@pytest.mark.parametrize("max_tokens", [None, 3])
+def test_bulk_tokenizer_equals_the_regex_tokenizer(max_tokens):
+    texts = [
+        *TEXTS,
+        "ΟΔΟΣ Σ σ ΣΑΣ",  # final sigma depends on the context of lower()
+        "İstanbul ǅemal ﬃ",  # lower() that changes the length
+        "a\x00b c\x00",  # the joiner inside a text
+        "x_y 3.14 ½ ٣ 𝔘𝔫𝔦 🙂 é",  # underscore, numbers, astral letters, combining mark
+        "",
+        "  ",
+    ]
+    tokens = tokenize_many(texts, max_tokens)
+    expected = [t for text in texts for t in tokenize(text, max_tokens)]
+    assert tokens.strings(np.arange(len(tokens.starts))) == expected
+    assert tokens.per_doc.tolist() == [len(tokenize(t, max_tokens)) for t in texts]
+    same = tokenize_many(expected)  # equal strings get equal hashes
+    by_string = dict(zip(expected, zip(tokens.h1.tolist(), tokens.h2.tolist(), strict=True),
+                         strict=True))  # fmt: skip
+    assert by_string == dict(
+        zip(expected, zip(same.h1.tolist(), same.h2.tolist(), strict=True), strict=True)
+    )
+    assert len(set(by_string.values())) == len(by_string)
+
+
+def test_word_table_by_hash_and_by_string_agree():
+    table = SubwordTable(1000, 3, 5)
+    tokens = tokenize_many(TEXTS * 2)
+    by_hash = table.lookup_tokens(tokens)  # adds the words
+    words = tokens.strings(np.arange(len(tokens.starts)))
+    assert by_hash.tolist() == table.lookup(words).tolist()
+    grown = SubwordTable(1000, 3, 5)  # the hash table grows many times over
+    many = [f"w{i}" for i in range(5000)]
+    grown.lookup(many)
+    assert grown.lookup_tokens(tokenize_many([" ".join(many)])).tolist() == list(range(5000))

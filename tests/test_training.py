@@ -228,3 +228,16 @@ def test_row_adagrad_matches_torch_adagrad_on_sparse_and_dense_gradients():
     assert torch.allclose(ours[0], ref[0], atol=1e-6)
     assert torch.allclose(ours[1], ref[1], atol=1e-6)
     assert torch.equal(ours[0][0], table[0])  # rows never in a gradient are untouched
+
+
+def test_default_batch_size_grows_with_large_training_sets_for_adagrad_only():
+    from xleval.training import auto_batch_size
+
+    assert [auto_batch_size(n, "rowwise-adagrad") for n in (10, 1624, 2648, 9450, 10**6)] == [
+        32,
+        32,
+        64,
+        256,
+        256,
+    ]
+    assert auto_batch_size(10**6, "sgd") == 32 and auto_batch_size(10**6, "adam") == 32
