@@ -8,6 +8,7 @@ number per model, in the order the scores are stacked) defaults to equal weights
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,7 +39,7 @@ class FusionError(XlevalError):
     """Scores or weights that cannot be fused (wrong shape, weights that do not match)."""
 
 
-class Fusion:
+class Fusion(ABC):
     """Base: checks the scores and weights; subclasses implement ``_log_probs``."""
 
     name = "fusion"
@@ -67,8 +68,9 @@ class Fusion:
         log_probs = self._log_probs(scores.to(torch.float64))
         return log_probs.exp().to(scores.dtype if scores.is_floating_point() else torch.float32)
 
+    @abstractmethod
     def _log_probs(self, scores: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Fused log-probabilities [n, classes] from float64 scores [models, n, classes]."""
 
 
 class ExpSum(Fusion):

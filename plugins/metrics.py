@@ -7,6 +7,7 @@ made-up number. Computations run in float64.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -36,7 +37,7 @@ def _check(y_true: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, tor
     return y, p
 
 
-class Metric:
+class Metric(ABC):
     name = "metric"
     higher_is_better = True
 
@@ -47,8 +48,9 @@ class Metric:
         y, p = _check(y_true, probs)
         return float("nan") if len(y) == 0 else float(self._compute(y, p))
 
+    @abstractmethod
     def _compute(self, y: torch.Tensor, p: torch.Tensor) -> float:
-        raise NotImplementedError
+        """The metric on a validated, non-empty (labels, probabilities) pair."""
 
 
 class Accuracy(Metric):
