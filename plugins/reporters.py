@@ -10,14 +10,13 @@ same report: ``comparisons``, ``gaps`` (transfer gap), ``ranks`` and ``curves``.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
+from xleval.cache import atomic_write_text
 from xleval.hookspecs import Register, hookimpl
 
 VIEWS = ("main", "comparisons", "gaps", "ranks", "curves")
@@ -25,20 +24,11 @@ BEST, TIED = "*", "="
 
 
 def write_text(text: str, path: str | None) -> None:
-    """Write to ``path`` atomically (temp file + rename), or to standard output."""
+    """Write to ``path`` atomically (mode 0644 under umask 022), or to standard output."""
     if path is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(Path(path), text)
 
 
 def shots_label(shots: Any) -> str:

@@ -205,3 +205,13 @@ def test_calibration_bins_agree_with_the_ece_metric(run_dir):
         probs = torch.cat([p for _, p in decoded])
         assert curve["n"] == len(y_true) == sum(b["count"] for b in curve["bins"])
         assert curve["ece"] == pytest.approx(ece.compute(y_true, probs), abs=1e-6)
+
+
+def test_written_pages_are_readable_by_others(run_dir):
+    """mkstemp creates 0600 files; reports are for sharing, so they follow the umask."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("report.html", "report.json"):
+        assert (run_dir / name).stat().st_mode & 0o777 == 0o666 & ~mask
