@@ -6,10 +6,11 @@ Each run is a fresh child process doing what ``xleval run`` does (plugins, datas
 cell through the executor, statistics and report, predictions file), each phase timed; the
 cells report their own phases (featurize, table init, training, transfer, evaluation,
 artifact I/O, waiting for another worker's lock) in their ``info.timings``. Peak memory is
-sampled every 0.1 s over the child and all its workers: the summed RSS (shared pages
-counted once per process) and the summed PSS (shared pages split between the processes:
-what the run really holds). Rounds interleave the worker counts; figures are medians. Run
-from the repository root::
+measured in separate, untimed runs (``--memory-rounds``; reading smaps costs CPU that a
+timed 2-worker run would lose), sampled every 0.1 s over the child and all its workers:
+the summed RSS (shared pages counted once per process) and the summed PSS (shared pages
+split between the processes: what the run really holds). Rounds interleave the worker
+counts; figures are medians. Run from the repository root::
 
     .venv/bin/python benchmarks/grid_scaling.py                 # quickstart, 3 rounds
     .venv/bin/python benchmarks/grid_scaling.py --rounds 1 --workers 1,2
@@ -46,7 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="processes",
         help="dask: a LocalCluster with one single-threaded worker process per worker",
     )
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds")
+    parser.add_argument(
+        "--memory-rounds",
+        type=int,
+        default=1,
+        help="extra runs per worker count that sample peak memory (not timed)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -108,7 +115,12 @@ def child(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_once(spec: str, workers: int, executor: str = "processes") -> dict[str, Any]:
+def run_once(
+    spec: str, workers: int, executor: str = "processes", sample_memory: bool = False
+) -> dict[str, Any]:
+    """One child run. ``sample_memory``: read the process tree's smaps every 0.1 s (a few
+    ms of kernel time per process each: it would steal CPU from the workers of a timed run,
+    more so with 2 workers on 2 cores than with 1, so timed runs do not sample)."""
     with tempfile.TemporaryDirectory() as tmp:
         request = {
             "spec": spec,
@@ -124,18 +136,22 @@ def run_once(spec: str, workers: int, executor: str = "processes") -> dict[str, 
             cwd=ROOT,
             env={**os.environ, "PYTHONHASHSEED": "0"},
         )
-        with TreeMemorySampler(process.pid) as memory:
+        if sample_memory:
+            with TreeMemorySampler(process.pid) as memory:
+                code = process.wait()
+        else:
             code = process.wait()
         wall = time.perf_counter() - started
         if code != 0:
             raise RuntimeError(f"child run failed with exit code {code}")
         result = json.loads(Path(request["out"]).read_text())
-    result.update(
-        wall=wall,
-        peak_rss_mb=memory.peak_rss_mb,
-        peak_pss_mb=memory.peak_pss_mb,
-        processes=memory.peak_processes,
-    )
+    result["wall"] = wall
+    if sample_memory:
+        result.update(
+            peak_rss_mb=memory.peak_rss_mb,
+            peak_pss_mb=memory.peak_pss_mb,
+            processes=memory.peak_processes,
+        )
     return result
 
 
@@ -157,8 +173,18 @@ def main(argv: list[str] | None = None) -> None:
             result = run_once(args.spec, w, args.executor)
             runs[w].append(result)
             print(
-                f"  round {r + 1}/{args.rounds} workers={w}: {result['wall']:.1f} s wall, "
-                f"peak PSS {result['peak_pss_mb']:.0f} MB",
+                f"  round {r + 1}/{args.rounds} workers={w}: {result['wall']:.1f} s wall",
+                file=sys.stderr,
+                flush=True,
+            )
+    memory: dict[int, list[dict[str, Any]]] = {w: [] for w in workers}
+    for r in range(args.memory_rounds):
+        for w in workers:
+            result = run_once(args.spec, w, args.executor, sample_memory=True)
+            memory[w].append(result)
+            print(
+                f"  memory round {r + 1}/{args.memory_rounds} workers={w}: peak PSS "
+                f"{result['peak_pss_mb']:.0f} MB ({result['wall']:.1f} s wall, not timed)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -171,10 +197,11 @@ def main(argv: list[str] | None = None) -> None:
         row = [f"{w} worker{'s' if w > 1 else ''}", f"{wall:.1f}", f"{base / wall:.2f}"]
         for name in ("startup", "cells", "statistics", "report_io"):
             row.append(f"{median(r['phases'][name] for r in rs):.1f}")
+        ms = memory[w]
         row += [
-            f"{median(r['peak_rss_mb'] for r in rs):.0f}",
-            f"{median(r['peak_pss_mb'] for r in rs):.0f}",
-            f"{max(r['peak_pss_mb'] for r in rs):.0f}",
+            f"{median(r['peak_rss_mb'] for r in ms):.0f}" if ms else "-",
+            f"{median(r['peak_pss_mb'] for r in ms):.0f}" if ms else "-",
+            f"{max(r['peak_pss_mb'] for r in ms):.0f}" if ms else "-",
         ]
         rows.append(row)
     print()
@@ -250,15 +277,15 @@ def main(argv: list[str] | None = None) -> None:
         rows.append([f"{w} worker{'s' if w > 1 else ''}", f"{n:.0f}", f"{1000 * overhead:.0f}"])
     print(table(rows, ["run", "cells", "overhead ms/cell ((cells s x workers - cell s) / cells)"]))
 
-    same = all(runs[w][0]["metrics"] == runs[workers[0]][0]["metrics"] for w in workers) and all(
-        r["metrics"] == rs[0]["metrics"] for rs in runs.values() for r in rs
-    )
+    every = [r for rs in (*runs.values(), *memory.values()) for r in rs]
+    same = all(r["metrics"] == every[0]["metrics"] for r in every)
     print(f"\nmetrics bit-identical across worker counts and rounds: {'yes' if same else 'NO'}")
     if len(workers) > 1:
         w = workers[-1]
         speedup = base / median(r["wall"] for r in runs[w])
-        peak = max(r["peak_pss_mb"] for rs in runs.values() for r in rs)
-        peak_rss = max(r["peak_rss_mb"] for rs in runs.values() for r in rs)
+        sampled = [r for rs in memory.values() for r in rs]
+        peak = max((r["peak_pss_mb"] for r in sampled), default=float("nan"))
+        peak_rss = max((r["peak_rss_mb"] for r in sampled), default=float("nan"))
         print(
             f"bar: speed-up from {workers[0]} to {w} workers {speedup:.2f}x (>= 1.7); "
             f"peak memory {peak:.0f} MB PSS, {peak_rss:.0f} MB RSS summed (<= 2048)"

@@ -24,6 +24,7 @@ from xleval_plugins.featurize import (
 
 from xleval.errors import OptionsError
 from xleval.hookspecs import Register, hookimpl
+from xleval.training import RowGradient
 
 BAG_OF_EMBEDDINGS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -391,8 +392,10 @@ class SparseBagSession:
 
     def gradients(
         self, plan: BatchPlan, table_scale: float = 1.0
-    ) -> tuple[float, list[tuple[torch.Tensor | None, torch.Tensor]]]:
-        """(summed cross-entropy, one (rows or None, gradient) per ``parameters`` entry).
+    ) -> tuple[float, list[tuple[torch.Tensor | None, torch.Tensor | RowGradient]]]:
+        """(summed cross-entropy, one (rows or None, gradient) per ``parameters`` entry; the
+        table's as a :class:`~xleval.training.RowGradient`, whose rows the optimiser's
+        compiled kernel sums and applies in one pass).
 
         ``table_scale`` multiplies the table's gradient (folded into the small [batch, dim]
         product: SGD's ``-lr`` costs no pass over the rows)."""
@@ -412,14 +415,14 @@ class SparseBagSession:
             grad_hidden = grad_logits @ weight
             if table_scale != 1.0:
                 grad_hidden.mul_(table_scale)
-            values = F.embedding_bag(
-                plan.pair_docs,
-                grad_hidden,
-                plan.row_offsets,
-                mode="sum",
-                per_sample_weights=plan.pair_weights,
+            grads.append(
+                (
+                    plan.rows,
+                    RowGradient(
+                        plan.rows, plan.row_offsets, plan.pair_docs, plan.pair_weights, grad_hidden
+                    ),
+                )
             )
-            grads.append((plan.rows, values))
         if self.dense[0] is not None:
             grads.append((None, grad_logits.t() @ hidden))
         if self.dense[1] is not None:

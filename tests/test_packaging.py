@@ -47,6 +47,8 @@ def test_wheel_holds_core_plugins_and_schemas(wheel):
     for module in ("models", "transfer", "fusion", "metrics", "datasets", "executors", "reporters"):
         assert f"xleval_plugins/{module}.py" in names
     assert not any(name.startswith(("tests/", "benchmarks/")) for name in names)
+    # the compiled row kernel (optional at install; a machine with a C compiler builds it)
+    assert any(name.startswith("xleval/_rowkernels") and name.endswith(".so") for name in names)
 
 
 def test_wheel_declares_bundled_plugins_as_entry_points(wheel):

@@ -181,6 +181,8 @@ def test_core_creates_no_manager_at_import_and_never_imports_bundled_plugins():
         module = importlib.import_module(info.name)
         for value in vars(module).values():
             assert not isinstance(value, pluggy.PluginManager), info.name
+        if not module.__file__.endswith(".py"):
+            continue  # the compiled row kernel
         source = Path(module.__file__).read_text(encoding="utf-8")
         assert not re.search(r"^\s*(from|import)\s+xleval_plugins", source, re.M), info.name
 

@@ -77,8 +77,9 @@ def test_fused_gradients_equal_autograd_on_a_dense_table(builder):
     index = torch.tensor([0, 1, 5, 5, 7, 11])  # a repeated document too
     (plan,) = session.plan([index], torch.tensor(labels))
     loss, grads = session.gradients(plan)
-    (rows, values), (_, grad_weight), (_, grad_bias) = grads
+    (rows, row_grad), (_, grad_weight), (_, grad_bias) = grads
     assert len(torch.unique(rows)) == len(rows)  # each distinct row once
+    values = row_grad.values()
 
     table = nn.Parameter(model.embedding.weight.detach().clone())
     linear = nn.Linear(8, 3)

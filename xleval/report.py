@@ -74,9 +74,12 @@ def git_commit(cwd: Path | None = None) -> str | None:
 def environment(pm: XlevalPluginManager) -> dict[str, Any]:
     import torch
 
+    from xleval.training import row_kernel_available
+
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
+        "row_kernel": row_kernel_available(),
         "platform": platform.platform(),
         "git_commit": git_commit(),
         "plugins": [

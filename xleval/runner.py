@@ -105,6 +105,8 @@ def cell_key(spec: ExperimentSpec, cell: Cell, fingerprint: str, versions: dict[
     Another method's options, the executor or the list of targets do not enter it, so
     changing them recomputes nothing they do not affect.
     """
+    from xleval.training import row_kernel_available
+
     method = spec.method(cell.method)
     used = {k: v for k, v in versions.items() if not k.startswith("executors/")}
     return content_key(
@@ -115,6 +117,8 @@ def cell_key(spec: ExperimentSpec, cell: Cell, fingerprint: str, versions: dict[
             "dataset": {"name": spec.dataset.name, "fingerprint": fingerprint},
             "xleval": __version__,
             "components": used,
+            # the compiled row kernel and the torch step agree only to float rounding
+            "row_kernel": row_kernel_available(),
         }
     )
 

@@ -16,6 +16,7 @@ fraction): the core needs no SciPy.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -70,8 +71,10 @@ def t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t > 0 else tail
 
 
+@functools.lru_cache(maxsize=256)
 def t_quantile(p: float, df: float) -> float:
-    """Inverse of :func:`t_cdf` by bisection (monotone, so robust for any df >= 1)."""
+    """Inverse of :func:`t_cdf` by bisection (monotone, so robust for any df >= 1); cached,
+    as a report asks for the same few (p, df) hundreds of times."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must be in (0, 1), got {p}")
     lo, hi = -1.0, 1.0

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -372,6 +372,44 @@ def make_optimizers(
     raise OptionsError(f"unknown optimizer '{name}' (choose from {', '.join(OPTIMIZERS)})")
 
 
+try:  # the fused step in C (xleval/_rowkernels.c); optional: built where a compiler is
+    from xleval import _rowkernels
+except ImportError:  # pragma: no cover - exercised by installs without the extension
+    _rowkernels = None
+
+
+def row_kernel_available() -> bool:
+    """Whether the compiled row kernel is installed and not switched off
+    (``XLEVAL_ROW_KERNEL=0`` forces the pure-torch path, e.g. to compare them)."""
+    return _rowkernels is not None and os.environ.get("XLEVAL_ROW_KERNEL", "1") != "0"
+
+
+class RowGradient(NamedTuple):
+    """A table gradient in factored form, as a bag model computes it: distinct row
+    ``rows[i]`` gets ``sum(pair_weights[p] * grad_hidden[pair_docs[p]])`` over its pairs
+    ``p`` in ``row_offsets[i]`` .. ``row_offsets[i + 1]`` (the last to the end).
+
+    Handing the optimiser this instead of the [rows, dim] values lets the compiled kernel
+    sum each row's gradient in registers and update the row in one pass.
+    """
+
+    rows: torch.Tensor  # int64, distinct
+    row_offsets: torch.Tensor  # int32
+    pair_docs: torch.Tensor  # int32
+    pair_weights: torch.Tensor  # float32
+    grad_hidden: torch.Tensor  # float32 [documents, dim]
+
+    def values(self) -> torch.Tensor:
+        """The [rows, dim] gradient (what the pure-torch path applies)."""
+        return F.embedding_bag(
+            self.pair_docs,
+            self.grad_hidden,
+            self.row_offsets,
+            mode="sum",
+            per_sample_weights=self.pair_weights,
+        )
+
+
 class RowSparseOptimizer:
     """SGD or (row-wise) Adagrad for the fused training path: updates given as
     (rows, values) touch only those rows (each once: values are already summed per id).
@@ -394,6 +432,9 @@ class RowSparseOptimizer:
             raise OptionsError(f"the fused training path has no optimizer '{name}'")
         self.weight_decay, self.eps = weight_decay, eps
         self.sgd = name == "sgd"
+        self.kernel_mode = {"sgd": 0, "rowwise-adagrad": 1, "adagrad": 2}[name]
+        self.kernel = _rowkernels if row_kernel_available() else None
+        self._no_state = torch.empty(0)
         self.parameters = [p for p, _ in parameters]
         self.sums: list[torch.Tensor | None] = []
         for param, by_rows in parameters:
@@ -410,10 +451,19 @@ class RowSparseOptimizer:
         return -lr if self.sgd else 1.0
 
     @torch.no_grad()
-    def step(self, grads: Sequence[tuple[torch.Tensor | None, torch.Tensor]], lr: float) -> None:
-        """Apply one gradient per parameter (rows None: dense; row gradients pre-multiplied
-        by :meth:`table_scale`). Consumes the values."""
+    def step(
+        self,
+        grads: Sequence[tuple[torch.Tensor | None, torch.Tensor | RowGradient]],
+        lr: float,
+    ) -> None:
+        """Apply one gradient per parameter (rows None: dense; row gradients, values or a
+        :class:`RowGradient`, pre-multiplied by :meth:`table_scale`). Consumes the values."""
         for param, total, (rows, grad) in zip(self.parameters, self.sums, grads, strict=True):
+            if isinstance(grad, RowGradient):
+                if self.kernel is not None:
+                    self._apply_kernel(param, total, grad, lr)
+                    continue
+                grad = grad.values()
             if rows is not None:
                 if total is None:
                     param.index_add_(0, rows, grad)
@@ -427,6 +477,24 @@ class RowSparseOptimizer:
             else:
                 total.addcmul_(grad, grad)
                 param.addcdiv_(grad, total.sqrt().add_(self.eps), value=-lr)
+
+    def _apply_kernel(
+        self, param: torch.Tensor, total: torch.Tensor | None, grad: RowGradient, lr: float
+    ) -> None:
+        state = self._no_state if total is None else total
+        self.kernel.apply_rows(
+            self.kernel_mode,
+            param.shape[1],
+            param.numpy(),
+            state.numpy(),
+            grad.rows.numpy(),
+            grad.row_offsets.numpy(),
+            grad.pair_docs.numpy(),
+            grad.pair_weights.numpy(),
+            grad.grad_hidden.numpy(),
+            lr,
+            self.eps,
+        )
 
 
 def sparse_session(model: nn.Module, features: Any, optimizer: str) -> Any | None:
