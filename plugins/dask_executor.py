@@ -38,6 +38,10 @@ def task_key(prefix: str, *parts: str) -> str:
     return f"xleval-{prefix}-{digest}"
 
 
+#: dask settings for the workers of a LocalCluster (docs/cluster.md: the same for yours).
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+
+
 def _set_thread_budget(threads: int) -> None:
     from xleval.training import set_thread_budget
 
@@ -68,12 +72,18 @@ class DaskExecutor:
             return client, None
         import os
 
-        cluster = distributed.LocalCluster(
-            n_workers=self.n_workers or (os.cpu_count() or 1),
-            threads_per_worker=self.threads_per_worker,
-            processes=True,
-            dashboard_address=None,
-        )
+        import dask
+
+        # The workers' statistical profiler samples every thread's stack 100 times a second,
+        # taking the GIL from the cell it is timing (training is Python between torch
+        # calls). Nannies keep the config they were created with, restarts included.
+        with dask.config.set(WORKER_CONFIG):
+            cluster = distributed.LocalCluster(
+                n_workers=self.n_workers or (os.cpu_count() or 1),
+                threads_per_worker=self.threads_per_worker,
+                processes=True,
+                dashboard_address=None,
+            )
         return distributed.Client(cluster), cluster
 
     def map(self, fn: Callable[..., Any], cells: Iterable[Any]) -> Iterator[Any]:

@@ -196,3 +196,39 @@ def test_real_scheduler_survives_a_killed_worker(local_reference, tmp_path):
     finally:
         for process in [*workers, scheduler]:
             stop(process)
+
+
+def test_local_cluster_workers_run_without_the_profiler():
+    """The workers' stack sampler would take the GIL from the cells 100 times a second; the
+    driver's own dask config is left as it was."""
+    import dask
+    from xleval_plugins.dask_executor import DaskExecutor
+
+    before = dask.config.get("distributed.worker.profile.enabled")
+    options = {"address": None, "n_workers": 1, "threads_per_worker": 1, "retries": 0,
+               "timeout": "10s"}  # fmt: skip
+    client, cluster = DaskExecutor(options)._connect()
+    try:
+        settings = client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
+    finally:
+        client.close()
+        cluster.close()
+    assert list(settings.values()) == [False]
+    assert dask.config.get("distributed.worker.profile.enabled") == before
+
+
+def test_cluster_workers_bound_their_in_memory_artifacts(tmp_path):
+    """Without a shared disk, a worker keeps artifacts in memory under the same byte budget
+    as the disk cache (unbounded, 64 models of 51 MB made a worker thrash)."""
+    from xleval.artifacts import DEFAULT_MAX_BYTES
+    from xleval.plugins import get_plugin_manager
+    from xleval.runner import CellTask
+    from xleval.spec import read_spec_file, resolve_spec
+
+    pm = get_plugin_manager()
+    spec = resolve_spec(read_spec_file(write_spec(tmp_path)), pm.registry)
+    dataset = pm.registry.build("datasets", spec.dataset.name, spec.dataset.options).load()
+    task = CellTask(spec.to_json(), str(tmp_path / "run")).for_cluster()
+    state = task.install(pm, dataset)
+    assert state.artifacts.max_bytes == DEFAULT_MAX_BYTES
+    assert not (tmp_path / "run" / "artifacts").exists()  # nothing written to a disk

@@ -199,9 +199,12 @@ class CellTask:
         if self.share_via_disk:
             artifacts = DiskArtifactCache(Path(self.run_dir) / "artifacts")
         else:
+            from xleval.artifacts import DEFAULT_MAX_BYTES
             from xleval.methods import ArtifactCache
 
-            artifacts = ArtifactCache(max_items=64)
+            # the same memory budget as the disk cache's in-memory part: a model is 51 MB,
+            # and a worker that kept 64 of them thrashed (every new table fresh pages)
+            artifacts = ArtifactCache(max_items=256, max_bytes=DEFAULT_MAX_BYTES)
         _STATES[self.token] = WorkerState(pm, dataset, methods, artifacts)
         return _STATES[self.token]
 
@@ -249,6 +252,7 @@ class CellTask:
         """
         from xleval.methods import run_cell
 
+        called = time.perf_counter()
         try:
             state = self.state(dataset)
             for artifact in artifacts:
@@ -289,6 +293,7 @@ class CellTask:
                 "transfer": result.transfer,
                 "fused_models": result.fused_models,
                 "timings": result.timings,  # seconds per phase (benchmarks/grid_scaling.py)
+                "task_seconds": time.perf_counter() - called,  # the whole call, in the worker
             },
             "predictions": {
                 lang: encode_predictions(p.ids, p.y_true, p.probs)
