@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, TreeMemorySampler, machine, median, table
+from _common import ROOT, TreeMemorySampler, interleaved, machine, median, table
 
 SCRIPT = Path(__file__).resolve()
 CELL_PHASES = ("featurize", "init", "train", "transfer", "eval", "artifact_io", "lock_wait")
@@ -167,27 +167,18 @@ def main(argv: list[str] | None = None) -> None:
         f"interleaved rounds, medians; {machine()}",
         flush=True,
     )
-    runs: dict[int, list[dict[str, Any]]] = {w: [] for w in workers}
-    for r in range(args.rounds):
-        for w in workers:
-            result = run_once(args.spec, w, args.executor)
-            runs[w].append(result)
-            print(
-                f"  round {r + 1}/{args.rounds} workers={w}: {result['wall']:.1f} s wall",
-                file=sys.stderr,
-                flush=True,
-            )
-    memory: dict[int, list[dict[str, Any]]] = {w: [] for w in workers}
-    for r in range(args.memory_rounds):
-        for w in workers:
-            result = run_once(args.spec, w, args.executor, sample_memory=True)
-            memory[w].append(result)
-            print(
-                f"  memory round {r + 1}/{args.memory_rounds} workers={w}: peak PSS "
-                f"{result['peak_pss_mb']:.0f} MB ({result['wall']:.1f} s wall, not timed)",
-                file=sys.stderr,
-                flush=True,
-            )
+    runs = interleaved(
+        args.rounds,
+        workers,
+        lambda w: run_once(args.spec, w, args.executor),
+        lambda w: f"workers={w}",
+    )
+    memory = interleaved(
+        args.memory_rounds,
+        workers,
+        lambda w: run_once(args.spec, w, args.executor, sample_memory=True),
+        lambda w: f"workers={w} (memory sampled, not timed)",
+    )
 
     base = median(r["wall"] for r in runs[workers[0]])
     rows = []

@@ -82,23 +82,10 @@ def test_training_takes_the_kernel_by_default(registry, monkeypatch):
         train(build_model(builder, 3, seed=0), texts, [0, 1, 2] * 4, {"epochs": 1}, seed=1)
 
 
-def test_kernel_is_deterministic():
-    outputs = []
-    for _ in range(2):
-        table, grad = random_gradient(50, 64, docs=8, seed=3)
-        total = torch.zeros(50)
-        args = (grad.rows, grad.row_offsets, grad.pair_docs, grad.pair_weights, grad.grad_hidden)
-        kernels.apply_rows(1, 64, table.numpy(), total.numpy(), *(t.numpy() for t in args),
-                           0.2, 1e-10)  # fmt: skip
-        outputs.append((table, total))
-    assert torch.equal(outputs[0][0], outputs[1][0])
-    assert torch.equal(outputs[0][1], outputs[1][1])
-
-
-def _call(table, total, grad, mode=1, dim=None):
+def _call(table, total, grad, mode=1):
     kernels.apply_rows(
         mode,
-        dim or table.shape[1],
+        table.shape[1],
         table.numpy(),
         total.numpy(),
         grad.rows.numpy(),
@@ -109,6 +96,17 @@ def _call(table, total, grad, mode=1, dim=None):
         0.1,
         1e-10,
     )
+
+
+def test_kernel_is_deterministic():
+    outputs = []
+    for _ in range(2):
+        table, grad = random_gradient(50, 64, docs=8, seed=3)
+        total = torch.zeros(50)
+        _call(table, total, grad)
+        outputs.append((table, total))
+    assert torch.equal(outputs[0][0], outputs[1][0])
+    assert torch.equal(outputs[0][1], outputs[1][1])
 
 
 @pytest.mark.parametrize(

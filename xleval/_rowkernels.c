@@ -100,7 +100,7 @@ static void apply_rows(int mode, float *table, int64_t dim, float *total, const 
     }
 }
 
-/* A C-contiguous buffer of `count` items of `format` (one of "f", "i", "q"). */
+/* A C-contiguous buffer of items of `format` (one of "f", "i", "q"); TypeError otherwise. */
 static int get_buffer(PyObject *obj, Py_buffer *view, int writable, char format,
                       const char *name) {
     int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
