@@ -62,6 +62,30 @@ def run_child(script: Path, payload: dict[str, Any], timeout: float = 1800) -> d
         return json.loads(out.read_text())
 
 
+def serve_child(request_path: str, children: dict[str, Callable[[dict[str, Any]], Any]]) -> None:
+    """The child side of :func:`run_child`: run ``children[request["kind"]]`` on the rest
+    of the request and write its JSON result where ``request["out"]`` says."""
+    request = json.loads(Path(request_path).read_text())
+    kind, out = request.pop("kind"), request.pop("out")
+    Path(out).write_text(json.dumps(children[kind](request)))
+
+
+def require_fasttext() -> None:
+    """Exit with how to install fastText when it is missing (a benchmark-only dependency)."""
+    try:
+        import fasttext  # noqa: F401
+    except ImportError:
+        sys.exit("fastText is not installed: .venv/bin/pip install fasttext (benchmarks/README.md)")
+
+
+def load_splits(registry: Any, langs: Sequence[str]) -> tuple[Any, list[Any], list[Any]]:
+    """(dataset, train examples, test examples) of ddtp-sections, ``langs`` pooled."""
+    dataset = registry.build("datasets", "ddtp-sections", {"languages": list(langs)}).load()
+    train_set = [e for lang in langs for e in dataset.select(lang, "train")]
+    test_set = [e for lang in langs for e in dataset.select(lang, "test")]
+    return dataset, train_set, test_set
+
+
 def _tree(pid: int) -> list[int]:
     pids = [pid]
     try:

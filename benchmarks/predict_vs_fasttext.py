@@ -21,7 +21,6 @@ the repository root::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,18 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_LANGS, interleaved, machine, median, ratio, run_child, table
+from _common import (
+    DEFAULT_LANGS,
+    interleaved,
+    load_splits,
+    machine,
+    median,
+    ratio,
+    require_fasttext,
+    run_child,
+    serve_child,
+    table,
+)
 
 SCRIPT = Path(__file__).resolve()
 
@@ -96,9 +106,8 @@ def xleval_child(req: dict[str, Any]) -> dict[str, Any]:
 
     registry = get_plugin_manager().registry
     langs = req["langs"]
-    dataset = registry.build("datasets", "ddtp-sections", {"languages": langs}).load()
-    train_set = [e for lang in langs for e in dataset.select(lang, "train")]
-    test_texts = [e.text for lang in langs for e in dataset.select(lang, "test")]
+    dataset, train_set, test_set = load_splits(registry, langs)
+    test_texts = [e.text for e in test_set]
     builder = registry.build(
         "models",
         "bag-of-embeddings",
@@ -137,24 +146,16 @@ def xleval_child(req: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.child:
-        request = json.loads(Path(args.child).read_text())
-        kind, out = request.pop("kind"), request.pop("out")
-        result = fasttext_child(request) if kind == "fasttext" else xleval_child(request)
-        Path(out).write_text(json.dumps(result))
+        serve_child(args.child, {"fasttext": fasttext_child, "xleval": xleval_child})
         return
-    try:
-        import fasttext  # noqa: F401
-    except ImportError:
-        sys.exit("fastText is not installed: .venv/bin/pip install fasttext (benchmarks/README.md)")
+    require_fasttext()
     from xleval_plugins.featurize import tokenize
 
     from xleval.plugins import get_plugin_manager
 
     langs = args.langs.split(",")
     registry = get_plugin_manager().registry
-    dataset = registry.build("datasets", "ddtp-sections", {"languages": langs}).load()
-    train_set = [e for lang in langs for e in dataset.select(lang, "train")]
-    test_set = [e for lang in langs for e in dataset.select(lang, "test")]
+    _, train_set, test_set = load_splits(registry, langs)
     threads = [int(t) for t in args.threads.split(",")]
     print(
         f"ddtp-sections {'+'.join(langs)}: trained on {len(train_set)} texts, predicting "

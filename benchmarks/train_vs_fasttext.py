@@ -18,7 +18,6 @@ each also reported alone. Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -29,12 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     DEFAULT_LANGS,
     interleaved,
+    load_splits,
     machine,
     median,
     peak_rss_mb,
     ratio,
+    require_fasttext,
     rss_mb,
     run_child,
+    serve_child,
     table,
 )
 
@@ -119,9 +121,7 @@ def xleval_child(req: dict[str, Any]) -> dict[str, Any]:
 
     registry = get_plugin_manager().registry
     langs = req["langs"]
-    dataset = registry.build("datasets", "ddtp-sections", {"languages": langs}).load()
-    train_set = [e for lang in langs for e in dataset.select(lang, "train")]
-    test_set = [e for lang in langs for e in dataset.select(lang, "test")]
+    dataset, train_set, test_set = load_splits(registry, langs)
     texts, labels = [e.text for e in train_set], dataset.label_ids(train_set)
     options = {
         "epochs": req["epochs"],
@@ -175,26 +175,16 @@ def xleval_child(req: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.child:
-        request = json.loads(Path(args.child).read_text())
-        kind = request.pop("kind")
-        out = request.pop("out")
-        result = fasttext_child(request) if kind == "fasttext" else xleval_child(request)
-        Path(out).write_text(json.dumps(result))
+        serve_child(args.child, {"fasttext": fasttext_child, "xleval": xleval_child})
         return
-
-    try:
-        import fasttext  # noqa: F401
-    except ImportError:
-        sys.exit("fastText is not installed: .venv/bin/pip install fasttext (benchmarks/README.md)")
+    require_fasttext()
     from xleval_plugins.featurize import tokenize
 
     from xleval.plugins import get_plugin_manager
 
     langs = args.langs.split(",")
     registry = get_plugin_manager().registry
-    dataset = registry.build("datasets", "ddtp-sections", {"languages": langs}).load()
-    train_set = [e for lang in langs for e in dataset.select(lang, "train")]
-    test_set = [e for lang in langs for e in dataset.select(lang, "test")]
+    dataset, train_set, test_set = load_splits(registry, langs)
     tokens = sum(len(tokenize(e.text, args.max_tokens)) for e in train_set)
     threads = [int(t) for t in args.threads.split(",")]
     variants = args.variants.split(",")
