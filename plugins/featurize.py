@@ -11,6 +11,7 @@ import hashlib
 import re
 import threading
 import warnings
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from itertools import chain, repeat
@@ -800,7 +801,27 @@ def bags_from_counts(ids: np.ndarray, per_doc: np.ndarray) -> TokenBags:
     )
 
 
-class HashedFeaturizer:
+class CachedFeaturizer(ABC):
+    """Featurizes through ``self.cache`` (a :class:`FeatureCache`, or None: no caching),
+    keyed by the texts' fingerprint and ``self.key``; subclasses provide ``_featurize``."""
+
+    cache: FeatureCache | None
+    key: tuple[Any, ...]
+
+    def __call__(self, texts: Sequence[str]) -> TokenBags:
+        texts = list(texts)
+        if self.cache is None:
+            return self._featurize(texts)
+        return self.cache.get_or_build(
+            (texts_fingerprint(texts), self.key), lambda: self._featurize(texts)
+        )
+
+    @abstractmethod
+    def _featurize(self, texts: list[str]) -> TokenBags:
+        """The bags of ``texts``, uncached."""
+
+
+class HashedFeaturizer(CachedFeaturizer):
     """fastText-style features: each word's own hashed id, its char n-grams, word n-grams.
 
     All ids fall in ``[0, buckets)`` whatever the language, so models of different
@@ -835,14 +856,6 @@ class HashedFeaturizer:
         self.__dict__.update(state)
         self.cache = FEATURE_CACHE if state["cache"] else None
         self.table = subword_table(self.buckets, self.minn, self.maxn)
-
-    def __call__(self, texts: Sequence[str]) -> TokenBags:
-        texts = list(texts)
-        if self.cache is None:
-            return self._featurize(texts)
-        return self.cache.get_or_build(
-            (texts_fingerprint(texts), self.key), lambda: self._featurize(texts)
-        )
 
     def _featurize(self, texts: list[str]) -> TokenBags:
         tokens = tokenize_many(texts, self.max_tokens)
@@ -907,7 +920,7 @@ def unique_inverse(values: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarr
     return distinct.astype(np.int64), renumber[values]
 
 
-class VocabularyFeaturizer:
+class VocabularyFeaturizer(CachedFeaturizer):
     """Word ids from a vocabulary built on one training set; unknown words map to id 0."""
 
     UNK = "<unk>"  # never produced by the tokenizer ('<' is not a word character)
@@ -955,14 +968,6 @@ class VocabularyFeaturizer:
         self.__dict__.update(state)
         self.cache = FEATURE_CACHE if state["cache"] else None
         self.index = {w: i for i, w in enumerate(self.vocabulary)}
-
-    def __call__(self, texts: Sequence[str]) -> TokenBags:
-        texts = list(texts)
-        if self.cache is None:
-            return self._featurize(texts)
-        return self.cache.get_or_build(
-            (texts_fingerprint(texts), self.key), lambda: self._featurize(texts)
-        )
 
     def _featurize(self, texts: list[str]) -> TokenBags:
         get = self.index.get
