@@ -23,22 +23,23 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LANGS = ("en", "da", "fr", "it", "de", "sk")
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM) in MB."""
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (kB there) in MB; NaN where it is missing."""
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM) in MB."""
+    return _status_mb("VmHWM")
 
 
 def rss_mb() -> float:
     """This process's current resident memory (VmRSS) in MB."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return _status_mb("VmRSS")
 
 
 def run_child(script: Path, payload: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:

@@ -97,7 +97,13 @@ def environment(pm: XlevalPluginManager) -> dict[str, Any]:
 def cell_entry(cell: Cell, key: str, result: dict[str, Any] | None) -> dict[str, Any]:
     """A cell as the report shows it (predictions live in predictions.jsonl, not here)."""
     entry: dict[str, Any] = {"key": key, **cell.to_json()}
-    if result is None:  # not run: the run was interrupted or stopped by --fail-fast
+    if result is None or result["status"] != "ok":
+        # no result: not run, the run was interrupted or stopped by --fail-fast
+        error = (
+            "not run (the run was interrupted or stopped early)"
+            if result is None
+            else result["error"]
+        )
         return entry | {
             "status": "failed",
             "metrics": {},
@@ -105,17 +111,7 @@ def cell_entry(cell: Cell, key: str, result: dict[str, Any] | None) -> dict[str,
             "train_seconds": None,
             "eval_seconds": None,
             "n_test": None,
-            "error": "not run (the run was interrupted or stopped early)",
-        }
-    if result["status"] != "ok":
-        return entry | {
-            "status": "failed",
-            "metrics": {},
-            "source_metrics": {},
-            "train_seconds": None,
-            "eval_seconds": None,
-            "n_test": None,
-            "error": result["error"],
+            "error": error,
         }
     return entry | {
         "status": "ok",
