@@ -81,9 +81,14 @@ class CellStore:
         return result
 
     def save(self, key: str, result: dict[str, Any]) -> None:
-        digest = hashlib.sha256(canonical_json(result).encode()).hexdigest()
-        envelope = {"key": key, "sha256": digest, "result": result}
-        atomic_write_text(self.path(key), canonical_json(envelope))
+        """Store ``result``; the file is ``canonical_json`` of {key, result, sha256}."""
+        body = canonical_json(result)
+        digest = hashlib.sha256(body.encode()).hexdigest()
+        # the envelope's canonical form spelled out (its keys in sorted order), so the
+        # result, most of the file, is serialised once, not twice: the driver does this
+        # for every cell while the workers compute the next ones
+        text = f'{{"key":{canonical_json(key)},"result":{body},"sha256":"{digest}"}}'
+        atomic_write_text(self.path(key), text)
 
     def keys(self) -> set[str]:
         if not self.dir.exists():
