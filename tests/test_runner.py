@@ -19,7 +19,7 @@ from xleval.cli import build_cli
 from xleval.hookspecs import hookimpl
 from xleval.plugins import get_plugin_manager
 from xleval.report import read_report
-from xleval.runner import expand_grid
+from xleval.runner import Cell, expand_grid, order_for_sharing
 from xleval.spec import resolve_spec
 
 pytestmark = pytest.mark.usefixtures("clean_plugin_env")
@@ -91,6 +91,27 @@ def test_grid_skips_what_does_not_apply(tmp_path):
     assert count == {"target-only": 12, "zero-shot": 6, "transfer": 18, "fusion": 12, "joint": 12}
     assert {c.shots for c in cells if c.protocol == "zero-shot"} == {0}
     assert len(set(cells)) == len(cells)
+
+
+def test_cells_run_source_models_first_then_longest_first():
+    """Zero-shot cells (which train the source models) first, seeds fastest; then joint
+    cells (a whole source split each); then by shots, most first, "all" before numbers."""
+    cells = [
+        Cell(f"{p}-{k}-{s}", p, ("en",), "de", k, s)
+        for p, k in [("target-only", 8), ("transfer", 0), ("fusion", 128), ("joint", 8),
+                     ("zero-shot", 0), ("transfer", "all"), ("joint", 32), ("target-only", 32)]
+        for s in (2, 1)
+    ]  # fmt: skip
+    order = [(c.protocol, c.shots, c.seed) for c in order_for_sharing(cells)]
+    assert order == [
+        ("zero-shot", 0, 1), ("zero-shot", 0, 2),
+        ("joint", 32, 1), ("joint", 32, 2), ("joint", 8, 1), ("joint", 8, 2),
+        ("transfer", "all", 1), ("transfer", "all", 2),
+        ("fusion", 128, 1), ("fusion", 128, 2),
+        ("target-only", 32, 1), ("target-only", 32, 2),
+        ("target-only", 8, 1), ("target-only", 8, 2),
+        ("transfer", 0, 1), ("transfer", 0, 2),
+    ]  # fmt: skip
 
 
 def test_run_writes_a_valid_report_and_rerun_recomputes_nothing(tmp_path):

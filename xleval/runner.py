@@ -444,15 +444,24 @@ def run_cells(
 
 
 def order_for_sharing(cells: list[Cell]) -> list[Cell]:
-    """Zero-shot first, seeds varying fastest.
+    """Zero-shot first, seeds varying fastest; then the longest cells first.
 
-    The first cells then train the different seeds' source models in parallel; every later
-    cell finds its source model in the artifact store.
+    The first cells then train the different seeds' source models in parallel, and every
+    later cell finds its source model in the artifact store. After them come the joint
+    cells (each trains on a whole source split), then the rest by shots, most first ("all"
+    before any number): a cell's time grows with its shots, so a run ends on its shortest
+    cells and no worker idles long while another finishes the last one.
     """
-    rank = {"zero-shot": 0, "transfer": 1, "fusion": 2, "target-only": 3, "joint": 4}
     return sorted(
         cells,
-        key=lambda c: (rank.get(c.protocol, 5), c.method, c.target, str(c.shots), c.seed),
+        key=lambda c: (
+            c.protocol != "zero-shot",
+            c.protocol != "joint",
+            -(float("inf") if c.shots == "all" else c.shots),
+            c.method,
+            c.target,
+            c.seed,
+        ),
     )
 
 
