@@ -198,23 +198,37 @@ def test_real_scheduler_survives_a_killed_worker(local_reference, tmp_path):
             stop(process)
 
 
-def test_local_cluster_workers_run_without_the_profiler():
-    """The workers' stack sampler would take the GIL from the cells 100 times a second; the
-    driver's own dask config is left as it was."""
+def test_local_cluster_is_quiet_and_its_workers_start_warm(monkeypatch):
+    """The LocalCluster's scheduler, nannies and workers run with WORKER_CONFIG (no stack
+    sampler, a tick a second instead of 50: wake-ups take the GIL or a core from the
+    cells) while the driver's own dask config is left as it was; and its workers are
+    forked from a server that already imported torch and xleval, with the driver's
+    environment as it is when the cluster starts."""
     import dask
-    from xleval_plugins.dask_executor import DaskExecutor
+    from xleval_plugins.dask_executor import WORKER_CONFIG, DaskExecutor
 
-    before = dask.config.get("distributed.worker.profile.enabled")
+    before = {key: dask.config.get(key) for key in WORKER_CONFIG}
+    assert before != WORKER_CONFIG  # dask's defaults differ, so the test can fail
     options = {"address": None, "n_workers": 1, "threads_per_worker": 1, "retries": 0,
                "timeout": "10s"}  # fmt: skip
-    client, cluster = DaskExecutor(options)._connect()
+    executor = DaskExecutor(options)  # starts the forkserver, with this environment
+    monkeypatch.setenv("XLEVAL_TEST_SET_LATER", "seen")
+    client, cluster = executor._connect()
     try:
-        settings = client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
+        later = client.run(lambda: os.environ.get("XLEVAL_TEST_SET_LATER"))
+        settings = client.run(lambda: {key: dask.config.get(key) for key in WORKER_CONFIG})
+        ticks = client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.periodic_callbacks["tick"].callback_time
+        )
+        warm = client.run(lambda: "xleval.methods" in sys.modules and "torch" in sys.modules)
     finally:
         client.close()
         cluster.close()
-    assert list(settings.values()) == [False]
-    assert dask.config.get("distributed.worker.profile.enabled") == before
+    assert list(settings.values()) == [WORKER_CONFIG]
+    assert ticks == 1000  # ms: the scheduler, in the driver's process, got the setting too
+    assert list(warm.values()) == [True]  # nothing imported yet but what the server preloaded
+    assert list(later.values()) == ["seen"]  # the driver's environment when the cluster starts
+    assert {key: dask.config.get(key) for key in WORKER_CONFIG} == before
 
 
 def test_cluster_workers_bound_their_in_memory_artifacts(tmp_path):

@@ -128,11 +128,12 @@ def add_run_commands(cli: click.Group) -> None:
             print_grid(spec, expand_grid(spec))
             return
         run_dir = Path(out_dir) if out_dir else Path("runs") / spec.name
+        # The executor first: it may start workers (dask) while the dataset loads.
+        runner = state.pm.registry.build("executors", spec.executor.name, spec.executor.options)
         dataset = state.pm.registry.build("datasets", spec.dataset.name, spec.dataset.options)
         dataset = dataset.load()
         check_languages(spec, dataset)
         run_dir.mkdir(parents=True, exist_ok=True)
-        runner = state.pm.registry.build("executors", spec.executor.name, spec.executor.options)
         progress = Progress(enabled=not quiet and sys.stderr.isatty())
         try:
             outcome = run_cells(
