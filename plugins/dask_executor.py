@@ -53,7 +53,14 @@ WORKER_CONFIG = {
 
 #: Modules every cell imports, preloaded by the forkserver LocalCluster workers are forked
 #: from (see ``warm_forkserver``); the bundled plugins are added from the entry points.
-WORKER_PRELOAD = ("distributed", "torch", "xleval.runner", "xleval.methods", "xleval.training")
+WORKER_PRELOAD = (
+    "distributed",
+    "torch",
+    "xleval.runner",
+    "xleval.methods",
+    "xleval.training",
+    "xleval_plugins.torch_models",  # imported by the models plugin on first build
+)
 
 
 def bundled_plugin_modules() -> list[str]:

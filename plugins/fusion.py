@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from xleval.errors import XlevalError
 from xleval.hookspecs import Register, hookimpl
+
+if TYPE_CHECKING:  # torch is imported where used: loading the plugins stays fast
+    import torch
 
 WEIGHTS_OPTION: dict[str, Any] = {
     "type": ["array", "null"],
@@ -48,6 +49,8 @@ class Fusion(ABC):
         self.options = options
 
     def weights(self, models: int, normalise: bool = True) -> torch.Tensor:
+        import torch
+
         given: Sequence[float] | None = self.options.get("weights")
         if given is None:
             w = torch.ones(models, dtype=torch.float64)
@@ -60,6 +63,8 @@ class Fusion(ABC):
         return w / w.sum() if normalise else w
 
     def fuse(self, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if scores.dim() != 3 or scores.shape[0] == 0 or scores.shape[2] == 0:
             raise FusionError(
                 f"fusion '{self.name}' needs scores [models, n, classes], got "
@@ -89,6 +94,8 @@ class ExpSum(Fusion):
     name = "exp-sum"
 
     def _log_probs(self, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
         terms = scores if self.options["on"] == "scores" else torch.log_softmax(scores, -1)
         log_w = self.weights(scores.shape[0]).log().view(-1, 1, 1)
         numerator = torch.logsumexp(terms + log_w, dim=0)  # [n, classes]
@@ -105,6 +112,8 @@ class LogitSum(Fusion):
     name = "logit-sum"
 
     def _log_probs(self, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
         w = self.weights(scores.shape[0], normalise=False).view(-1, 1, 1)
         return torch.log_softmax((w * scores).sum(0), dim=-1)
 
@@ -115,6 +124,8 @@ class ProbMean(Fusion):
     name = "prob-mean"
 
     def _log_probs(self, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
         log_w = self.weights(scores.shape[0]).log().view(-1, 1, 1)
         return torch.logsumexp(torch.log_softmax(scores, -1) + log_w, dim=0)
 
@@ -126,6 +137,8 @@ class MaxProb(Fusion):
     name = "max-prob"
 
     def _log_probs(self, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
         log_w = self.weights(scores.shape[0]).log().view(-1, 1, 1)
         best = (torch.log_softmax(scores, -1) + log_w).amax(dim=0)
         return best - torch.logsumexp(best, dim=-1, keepdim=True)

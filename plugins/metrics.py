@@ -8,12 +8,13 @@ made-up number. Computations run in float64.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from xleval.errors import XlevalError
 from xleval.hookspecs import Register, hookimpl
+
+if TYPE_CHECKING:  # torch is imported where used: loading the plugins stays fast
+    import torch
 
 NO_OPTIONS: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": {}}
 
@@ -23,6 +24,8 @@ class MetricError(XlevalError):
 
 
 def _check(y_true: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     y = torch.as_tensor(y_true, dtype=torch.int64)
     p = torch.as_tensor(probs, dtype=torch.float64)
     if p.dim() != 2 or y.dim() != 1 or len(y) != len(p):
@@ -69,6 +72,8 @@ class MacroF1(Metric):
     name = "macro_f1"
 
     def _compute(self, y: torch.Tensor, p: torch.Tensor) -> float:
+        import torch
+
         pred = p.argmax(1)
         classes = p.shape[1]
         true_pos = torch.bincount(y[pred == y], minlength=classes).double()
@@ -99,6 +104,8 @@ class ExpectedCalibrationError(Metric):
     higher_is_better = False
 
     def _compute(self, y: torch.Tensor, p: torch.Tensor) -> float:
+        import torch
+
         bins = self.options["bins"]
         confidence, pred = p.max(1)
         which = (torch.ceil(confidence * bins).long() - 1).clamp(0, bins - 1)
@@ -118,6 +125,8 @@ class Brier(Metric):
     higher_is_better = False
 
     def _compute(self, y: torch.Tensor, p: torch.Tensor) -> float:
+        import torch
+
         onehot = torch.zeros_like(p)
         onehot[torch.arange(len(y)), y] = 1.0
         return float(((p - onehot) ** 2).sum(1).mean())

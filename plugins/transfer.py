@@ -13,13 +13,14 @@ it in the cell result.
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from xleval.errors import XlevalError
 from xleval.hookspecs import Register, hookimpl
+
+if TYPE_CHECKING:  # torch is imported where used: loading the plugins stays fast
+    import torch
+    from torch import nn
 
 NO_OPTIONS: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": {}}
 
@@ -29,6 +30,8 @@ class TransferError(XlevalError):
 
 
 def _module(model: nn.Module, name: str, strategy: str) -> nn.Module:
+    from torch import nn
+
     module = getattr(model, name, None)
     if not isinstance(module, nn.Module):
         raise TransferError(
@@ -53,6 +56,8 @@ def _copy_module(source: nn.Module, target: nn.Module, what: str) -> None:
 
 
 def _embedding_weight(model: nn.Module, strategy: str) -> torch.Tensor:
+    import torch
+
     weight = getattr(_module(model, "embedding", strategy), "weight", None)
     if not isinstance(weight, torch.Tensor):
         raise TransferError(f"transfer strategy '{strategy}': the embedding has no weight")
@@ -73,6 +78,8 @@ class WeightCopy:
         self.last_report: dict[str, Any] = {}
 
     def transfer(self, source_model: nn.Module, target_model: nn.Module) -> nn.Module:
+        import torch
+
         source_vocab = getattr(source_model, "vocabulary", None)
         target_vocab = getattr(target_model, "vocabulary", None)
         if source_vocab is None or target_vocab is None or source_vocab == target_vocab:

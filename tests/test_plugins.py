@@ -192,3 +192,29 @@ def test_fresh_managers_do_not_share_state():
     second = manager()
     assert first.registry.names("metrics") == ["echo"]
     assert second.registry.names("metrics") == []
+
+
+QUICKSTART = Path(__file__).parent.parent / "specs" / "examples" / "quickstart.toml"
+
+
+def test_loading_the_plugins_and_resolving_a_spec_do_not_import_torch():
+    """torch's import (~1 s) waits until a model, metric, fusion or transfer is built:
+    validate/report/compare never pay it, and a run builds its executor (a dask cluster
+    starts its workers) before it. Checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from xleval.plugins import get_plugin_manager; "
+        "pm = get_plugin_manager(); "
+        "assert not pm.registry.failed_plugins, pm.registry.failed_plugins; "
+        "names = {kind: sorted(pm.registry.names(kind)) for kind in "
+        "('models', 'metrics', 'fusion_strategies', 'transfer_strategies')}; "
+        "from xleval.spec import read_spec_file, resolve_spec; "
+        f"resolve_spec(read_spec_file({str(QUICKSTART)!r}), pm.registry); "
+        "print('torch' in sys.modules, names)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded, names = out.stdout.split(" ", 1)
+    assert loaded == "False"
+    assert "bag-of-embeddings" in names and "accuracy" in names and "exp-sum" in names

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from xleval_plugins import models as models_plugin
+from xleval_plugins import torch_models as models_plugin
 from xleval_plugins.featurize import TokenBags
-from xleval_plugins.models import BagOfEmbeddingsClassifier, SparseBagSession
+from xleval_plugins.torch_models import BagOfEmbeddingsClassifier, SparseBagSession
 
 from xleval import training
 from xleval.artifacts import DiskArtifactCache

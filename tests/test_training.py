@@ -11,15 +11,13 @@ from torch import nn
 from xleval.errors import OptionsError
 from xleval.plugins import get_plugin_manager
 from xleval.training import (
-    DEFAULT_LR,
-    TRAINING_SCHEMA,
     RowAdagrad,
     _batches,
     build_model,
     predict_proba,
-    resolve_training_options,
     train,
 )
+from xleval.training_options import DEFAULT_LR, TRAINING_SCHEMA, resolve_training_options
 
 SMALL_BAG = {"buckets": 4000, "dim": 16}
 WORDS = {0: ["kernel", "driver", "module"], 1: ["game", "puzzle", "arcade"],

@@ -53,7 +53,7 @@ _COMMON: dict[str, Any] = {
     "training": {
         "type": "object",
         "default": {},
-        "description": "Trainer options (xleval.training.TRAINING_SCHEMA).",
+        "description": "Trainer options (xleval.training_options.TRAINING_SCHEMA).",
     },
 }
 _TRANSFER: dict[str, Any] = {

@@ -282,7 +282,7 @@ def resolve_spec(
 def _resolve_training(
     options: dict[str, Any], where: str, errors: list[str]
 ) -> dict[str, Any] | None:
-    from xleval.training import resolve_training_options  # torch is imported only when needed
+    from xleval.training_options import resolve_training_options
 
     try:
         return resolve_training_options(options)
