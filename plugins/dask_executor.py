@@ -114,8 +114,9 @@ class DaskExecutor:
         self.retries = options["retries"]
         self.timeout = options["timeout"]
         self.stats: dict[str, Any] = {}
-        self.start_method = None
-        if not self.address and import_distributed():
+        self.start_method = "spawn"
+        if not self.address:  # a LocalCluster: its workers' forkserver starts importing now
+            import_distributed()  # the clear error when dask is missing, before warm_forkserver
             self.start_method = warm_forkserver()
 
     def _connect(self) -> tuple[Any, Any]:
@@ -134,9 +135,8 @@ class DaskExecutor:
         import dask
 
         # Nannies keep the config they were created with, restarts included.
-        method = self.start_method or warm_forkserver()
         with dask.config.set(
-            {**WORKER_CONFIG, "distributed.worker.multiprocessing-method": method}
+            {**WORKER_CONFIG, "distributed.worker.multiprocessing-method": self.start_method}
         ):
             cluster = distributed.LocalCluster(
                 n_workers=self.n_workers or (os.cpu_count() or 1),
