@@ -313,3 +313,45 @@ def test_resume_after_sigkill_finishes_only_missing_cells(tmp_path):
 
     assert run(["run", str(spec), "--out", str(tmp_path / "clean"), "-q"]).exit_code == 0
     assert metrics_of(resumed) == metrics_of(read_report(tmp_path / "clean"))
+
+
+PLAN_ONLY = """
+import sys
+from pathlib import Path
+from xleval.plugins import get_plugin_manager
+from xleval.runner import run_cells
+from xleval.spec import read_spec_file, resolve_spec
+
+class PlanOnly:
+    '''Does in the driver what the dask executor does there: plan, never run, a cell.'''
+    def map(self, fn, cells):
+        cells = list(cells)
+        fn = fn.for_cluster()
+        jobs = [job.key for cell in cells for job in fn.artifact_jobs(cell)]
+        shipped = fn.portable_dataset()
+        print(len(cells), len(jobs) > 0, shipped is not None, "torch" in sys.modules)
+        return iter(())
+
+pm = get_plugin_manager()
+spec = resolve_spec(read_spec_file(sys.argv[1]), pm.registry)
+dataset = pm.registry.build("datasets", spec.dataset.name, spec.dataset.options).load()
+run_cells(spec, pm, dataset, Path(sys.argv[2]), executor=PlanOnly())
+print("torch" in sys.modules)
+"""
+
+
+def test_a_driver_that_only_plans_cells_never_imports_torch(tmp_path):
+    """Keying cells, the source-model jobs and the dataset to ship need no torch: a dask
+    run's driver starts its cluster at once instead of after torch's 1.3 s import (it
+    imports torch for the statistics while the cluster starts). Fresh interpreter."""
+    spec = write_spec(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", PLAN_ONLY, str(spec), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    planned, after = out.stdout.split("\n")[:2]
+    cells, has_jobs, shipped, torch_loaded = planned.split()
+    assert int(cells) > 0 and has_jobs == "True" and shipped == "True"
+    assert (torch_loaded, after) == ("False", "False")

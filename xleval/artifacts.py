@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from xleval.cache import atomic_write_bytes
 from xleval.methods import ArtifactCache
@@ -71,6 +70,8 @@ class DiskArtifactCache(ArtifactCache):
             try:
                 if key.startswith(FEATURES_PREFIX):
                     return self._load_features(path, key)
+                import torch  # here, not at the top: a driver that only plans never loads it
+
                 # Our own files, written by save(): full objects (models are plugin classes).
                 value = torch.load(path, map_location="cpu", weights_only=False)
             except Exception:  # truncated or unreadable: compute again rather than trust it
@@ -110,6 +111,8 @@ class DiskArtifactCache(ArtifactCache):
         train_set = getattr(value, "train_set", None)
         if not train_set or any(part[0] != "split" for part in train_set):
             return
+        import torch
+
         with self._phase("artifact_io"):
             buffer = io.BytesIO()
             try:
@@ -162,6 +165,8 @@ class DiskArtifactCache(ArtifactCache):
 def features_to_arrays(value: Any) -> dict[str, np.ndarray] | None:
     """Plain arrays for a featurized split: a Tensor, or a batch with ``to_arrays()`` (and a
     ``from_arrays`` classmethod, e.g. ``TokenBags``); None: not storable."""
+    import torch
+
     if isinstance(value, torch.Tensor):
         return {"tensor": value.numpy()}
     to_arrays = getattr(value, "to_arrays", None)
@@ -175,6 +180,8 @@ def features_from_arrays(arrays: dict[str, np.ndarray]) -> Any:
     """The inverse of :func:`features_to_arrays` (the batch class is imported by the name
     it was saved under, as unpickling a model imports its plugin class)."""
     if "tensor" in arrays:
+        import torch
+
         return torch.from_numpy(arrays["tensor"])
     module, _, name = str(arrays.pop("type")).partition(":")
     cls: Any = importlib.import_module(module)

@@ -17,24 +17,20 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from xleval.data import Example, MultilingualDataset
 from xleval.errors import OptionsError, XlevalError
 from xleval.registry import Registry, fill_defaults, schema_errors
 from xleval.sampling import Shots, sample_shots
-from xleval.training import (
-    TrainReport,
-    build_model,
-    derive_seed,
-    predict_scores,
-    resolve_training_options,
-    take,
-    train,
-)
+from xleval.training_options import resolve_training_options
+
+if TYPE_CHECKING:  # torch loads with the first cell run in a process, not with this module:
+    # a driver that only plans and keys cells (a dask run's) never pays its 1.3 s import
+    import torch
+    from torch import nn
+
+    from xleval.training import TrainReport
 
 PROTOCOLS: tuple[str, ...] = ("target-only", "zero-shot", "transfer", "fusion", "joint")
 
@@ -152,6 +148,9 @@ def artifact_key(kind: str, parts: Mapping[str, Any]) -> str:
 
 def artifact_nbytes(value: Any) -> int:
     """Memory held by an artifact's tensors (models, featurized splits, scores)."""
+    import torch
+    from torch import nn
+
     if isinstance(value, torch.Tensor):
         return value.element_size() * value.numel()
     model = getattr(value, "model", None)
@@ -427,6 +426,10 @@ class _Cell:
                 for i, e in zip(index, self.sample.examples, strict=True)
             ):
                 return None  # not the split's own examples: featurize the texts instead
+            import torch
+
+            from xleval.training import take
+
             with self.timer("featurize"):
                 parts.append(take(split, torch.tensor(index, dtype=torch.int64)))
         with self.timer("featurize"):
@@ -435,6 +438,8 @@ class _Cell:
     def fit(
         self, model: nn.Module, train_set: TrainSet, options: dict[str, Any], role: str
     ) -> TrainReport:
+        from xleval.training import derive_seed, train
+
         examples = self.examples(train_set)
         dev = self.dev_examples(train_set)
         features = self.train_features(model, train_set)
@@ -454,6 +459,8 @@ class _Cell:
         return report
 
     def build(self, train_texts: Sequence[str], seed: int) -> nn.Module:
+        from xleval.training import build_model
+
         with self.timer("init"):
             return build_model(self.builder, self.n_classes, train_texts=train_texts, seed=seed)
 
@@ -473,6 +480,8 @@ class _Cell:
         )
 
         def create() -> TrainedModel:
+            from xleval.training import derive_seed
+
             texts = [e.text for e in self.examples(train_set)]
             model = self.build(texts, derive_seed(self.seed, "init", json.dumps(train_set)))
             report = self.fit(model, train_set, self.options["training"], role)
@@ -486,6 +495,8 @@ class _Cell:
         return artifact
 
     def scores(self, model: nn.Module, lang: str, key: str | None) -> torch.Tensor:
+        from xleval.training import predict_scores
+
         texts = [e.text for e in self.dataset.select(lang, "test")]
 
         def predict() -> torch.Tensor:
@@ -504,6 +515,8 @@ class _Cell:
 def concat_batches(parts: Sequence[Any]) -> Any:
     """Featurized batches one after another: ``type(parts[0]).concat(parts)`` or Tensors'
     ``torch.cat``."""
+    import torch
+
     if len(parts) == 1:
         return parts[0]
     if all(isinstance(p, torch.Tensor) for p in parts):
@@ -515,7 +528,14 @@ def concat_batches(parts: Sequence[Any]) -> Any:
 
 
 #: Evaluates one language's test split to probabilities [n, classes].
-Scorer = Callable[[str], torch.Tensor]
+Scorer = Callable[[str], "torch.Tensor"]
+
+
+def _probabilities(cell: _Cell, model: nn.Module, key: str | None) -> Scorer:
+    """The scorer of one model: softmax of its scores (cached under ``key``)."""
+    import torch
+
+    return lambda lang: torch.softmax(cell.scores(model, lang, key), 1)
 
 
 def _target_only(cell: _Cell) -> Scorer:
@@ -526,7 +546,7 @@ def _target_only(cell: _Cell) -> Scorer:
             f"{cell.shots!r} there are none in '{cell.target}'"
         )
     trained = cell.trained(cell.shot_set(), "target")
-    return lambda lang: torch.softmax(cell.scores(trained.model, lang, trained.key), 1)
+    return _probabilities(cell, trained.model, trained.key)
 
 
 def _source_set(cell: _Cell) -> TrainSet:
@@ -536,13 +556,13 @@ def _source_set(cell: _Cell) -> TrainSet:
 def _zero_shot(cell: _Cell) -> Scorer:
     """The source model, unchanged: independent of k, so one artifact serves every k."""
     trained = cell.trained(_source_set(cell), "source")
-    return lambda lang: torch.softmax(cell.scores(trained.model, lang, trained.key), 1)
+    return _probabilities(cell, trained.model, trained.key)
 
 
 def _joint(cell: _Cell) -> Scorer:
     """One model trained on the sources' train splits plus the target shots."""
     trained = cell.trained(_source_set(cell) + cell.shot_set(), "joint")
-    return lambda lang: torch.softmax(cell.scores(trained.model, lang, trained.key), 1)
+    return _probabilities(cell, trained.model, trained.key)
 
 
 def _transfer(cell: _Cell, result: dict[str, Any]) -> Scorer:
@@ -552,6 +572,8 @@ def _transfer(cell: _Cell, result: dict[str, Any]) -> Scorer:
     model is; with k = 0 a per-training-set vocabulary (embedding-linear) is then just
     ``<unk>``, so only bag-of-embeddings' shared hashed rows can transfer without shots.
     """
+    from xleval.training import derive_seed
+
     source = cell.trained(_source_set(cell), "source")
     shot_texts = [e.text for e in cell.sample.examples]
     target = cell.build(shot_texts, derive_seed(cell.seed, "init", "transfer-target"))
@@ -564,7 +586,7 @@ def _transfer(cell: _Cell, result: dict[str, Any]) -> Scorer:
     if len(cell.sample):  # k = 0: the transferred model is evaluated as it is
         cell.fit(target, cell.shot_set(), cell.options["finetune"], "finetune")
     target.eval()
-    return lambda lang: torch.softmax(cell.scores(target, lang, None), 1)
+    return _probabilities(cell, target, None)
 
 
 def _fusion(cell: _Cell, result: dict[str, Any]) -> Scorer:
@@ -577,6 +599,8 @@ def _fusion(cell: _Cell, result: dict[str, Any]) -> Scorer:
     fusion = cell.registry.build(
         "fusion_strategies", cell.options["fusion"], cell.options["fusion_options"]
     )
+
+    import torch
 
     def score(lang: str) -> torch.Tensor:
         stacked = torch.stack([cell.scores(t.model, lang, t.key) for _, t in members])
@@ -603,6 +627,8 @@ def run_cell(
     ``metrics`` are metric names (or name -> options). Pass one ``artifacts`` cache to
     many cells to train shared models once; without one, nothing is shared.
     """
+    import torch
+
     sources = tuple(dict.fromkeys(sources))
     if not sources:
         raise MethodError("a cell needs at least one source language")

@@ -74,7 +74,7 @@ def git_commit(cwd: Path | None = None) -> str | None:
 def environment(pm: XlevalPluginManager) -> dict[str, Any]:
     import torch
 
-    from xleval.training import row_kernel_available
+    from xleval.rowkernel import row_kernel_available
 
     return {
         "python": sys.version.split()[0],

@@ -105,7 +105,7 @@ def cell_key(spec: ExperimentSpec, cell: Cell, fingerprint: str, versions: dict[
     Another method's options, the executor or the list of targets do not enter it, so
     changing them recomputes nothing they do not affect.
     """
-    from xleval.training import row_kernel_available
+    from xleval.rowkernel import row_kernel_available
 
     method = spec.method(cell.method)
     used = {k: v for k, v in versions.items() if not k.startswith("executors/")}
@@ -210,6 +210,15 @@ class CellTask:
 
     def state(self, dataset: MultilingualDataset | None = None) -> WorkerState:
         return _STATES.get(self.token) or self.install(dataset=dataset)
+
+    def preload(self) -> None:
+        """Import what running a cell needs (torch and the trainer: 1.3 s, ~100 MB).
+
+        An executor that forks its workers from this process calls it first, so that the
+        workers share one copy instead of each importing its own on its first cell. Nothing
+        else imports torch in the driver: a run that only plans cells here (dask) skips it.
+        """
+        import xleval.training  # noqa: F401
 
     # -- what a cluster executor needs to build a task graph ---------------------------
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xleval.errors import OptionsError
+from xleval.rowkernel import _rowkernels, row_kernel_available
 from xleval.training_options import OPTIMIZERS, resolve_training_options
 
 
@@ -254,18 +255,6 @@ def make_optimizers(
             out.append(torch.optim.SparseAdam(sparse, lr=lr))
         return out
     raise OptionsError(f"unknown optimizer '{name}' (choose from {', '.join(OPTIMIZERS)})")
-
-
-try:  # the fused step in C (xleval/_rowkernels.c); optional: built where a compiler is
-    from xleval import _rowkernels
-except ImportError:  # pragma: no cover - exercised by installs without the extension
-    _rowkernels = None
-
-
-def row_kernel_available() -> bool:
-    """Whether the compiled row kernel is installed and not switched off
-    (``XLEVAL_ROW_KERNEL=0`` forces the pure-torch path, e.g. to compare them)."""
-    return _rowkernels is not None and os.environ.get("XLEVAL_ROW_KERNEL", "1") != "0"
 
 
 class RowGradient(NamedTuple):
