@@ -150,12 +150,36 @@ class DaskExecutor:
             )
         return distributed.Client(cluster), cluster
 
+    def _connect_while(self, work: Callable[[], None] | None) -> tuple[Any, Any]:
+        """Connect (start the LocalCluster) in a thread while this thread does ``work``.
+
+        ``work`` is the task's ``preload``: the driver needs torch after the cells (the
+        statistics), and importing it here overlaps the wait for the workers, which fork
+        only once the forkserver has imported the same modules on the other core.
+        """
+        if work is None:
+            return self._connect()
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="xleval-dask-connect") as pool:
+            connecting = pool.submit(self._connect)
+            try:
+                work()
+                return connecting.result()
+            except BaseException:  # e.g. Ctrl-C: close what the thread started, then go
+                if connecting.exception() is None:
+                    client, cluster = connecting.result()
+                    client.close()
+                    if cluster is not None:
+                        cluster.close()
+                raise
+
     def map(self, fn: Callable[..., Any], cells: Iterable[Any]) -> Iterator[Any]:
         distributed = import_distributed()
         cells = list(cells)
         if not cells:
             return
-        client, cluster = self._connect()
+        client, cluster = self._connect_while(getattr(fn, "preload", None))
         # Each worker thread trains with this many torch threads: more would oversubscribe
         # the cores that the worker processes share (training time doubled in
         # benchmarks/grid_scaling.py without this).

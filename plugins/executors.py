@@ -57,6 +57,8 @@ class ProcessExecutor:
         cells = list(cells)
         if not cells:
             return
+        # Workers fork from this process: import torch here once, not in each of them.
+        getattr(fn, "preload", lambda: None)()
         # Keep at most 2 tasks per worker in flight, so an interrupted run wastes little and
         # results stream back in roughly submission order (shared artifacts first).
         with ProcessPoolExecutor(

@@ -246,3 +246,43 @@ def test_cluster_workers_bound_their_in_memory_artifacts(tmp_path):
     state = task.install(pm, dataset)
     assert state.artifacts.max_bytes == DEFAULT_MAX_BYTES
     assert not (tmp_path / "run" / "artifacts").exists()  # nothing written to a disk
+
+
+def test_the_driver_preloads_while_the_cluster_starts(monkeypatch):
+    """The task's preload (torch, for the statistics after the cells) runs in the calling
+    thread while the cluster starts in another; an interrupt closes what was started."""
+    import threading
+    from types import SimpleNamespace
+
+    from xleval_plugins.dask_executor import SCHEMA, DaskExecutor
+
+    from xleval.registry import fill_defaults
+
+    executor = DaskExecutor(fill_defaults(SCHEMA, {"address": "tcp://127.0.0.1:1"}))
+    preloading = threading.Event()
+    closed = []
+
+    def connect():
+        # sequential (preload after the connect) would wait here in vain
+        assert preloading.wait(10), "the preload did not run while connecting"
+        return (
+            SimpleNamespace(close=lambda: closed.append("client")),
+            SimpleNamespace(close=lambda: closed.append("cluster")),
+        )
+
+    monkeypatch.setattr(executor, "_connect", connect)
+    client, cluster = executor._connect_while(preloading.set)
+    assert closed == []
+    client.close()
+    cluster.close()
+
+    closed.clear()
+    preloading.clear()
+
+    def interrupted():
+        preloading.set()
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        executor._connect_while(interrupted)
+    assert closed == ["client", "cluster"]

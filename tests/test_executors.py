@@ -3,6 +3,8 @@ workers x threads within the cores."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from xleval_plugins.executors import LocalExecutor, ProcessExecutor, available_cores
@@ -42,3 +44,29 @@ def test_each_worker_caps_torch_threads_at_its_share():
     assert [cell for cell, _, _ in results] == [1, 2, 3]
     share = max(1, available_cores() // 2)
     assert all(inside == share and budget == share for _, inside, budget in results)
+
+
+PRELOADED_IN: int | None = None
+
+
+class PreloadingTask:
+    """A task with ``preload``, as the runner's CellTask: the pool must call it in the
+    parent, before forking, so that every worker inherits what it imported."""
+
+    def preload(self) -> None:
+        global PRELOADED_IN
+        PRELOADED_IN = os.getpid()
+
+    def __call__(self, cell: int) -> tuple[int, int | None, int]:
+        return cell, PRELOADED_IN, os.getpid()
+
+
+def test_workers_inherit_what_the_task_preloaded():
+    global PRELOADED_IN
+    PRELOADED_IN = None
+    try:
+        results = sorted(ProcessExecutor({"workers": 2}).map(PreloadingTask(), [1, 2, 3]))
+        assert [cell for cell, _, _ in results] == [1, 2, 3]
+        assert all(preloaded == os.getpid() != worker for _, preloaded, worker in results)
+    finally:
+        PRELOADED_IN = None
