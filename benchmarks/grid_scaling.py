@@ -43,9 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument(
         "--executor",
-        choices=["processes", "dask"],
         default="processes",
-        help="dask: a LocalCluster with one single-threaded worker process per worker",
+        help="processes, dask (a LocalCluster with one single-threaded worker process per "
+        "worker) or both, comma-separated: interleaved in the same rounds, so their figures "
+        "are compared under the same load",
     )
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds")
     parser.add_argument(
@@ -175,24 +176,54 @@ def main(argv: list[str] | None = None) -> None:
         skip_final_collections()  # as `xleval run` ends
         return
     workers = [int(w) for w in args.workers.split(",")]
+    executors = args.executor.split(",")
+    unknown = sorted(set(executors) - {"processes", "dask"})
+    if unknown:
+        raise SystemExit(f"--executor: unknown {', '.join(unknown)} (processes, dask)")
     print(
-        f"{Path(args.spec).name}, {args.executor} executor, workers {workers}; {args.rounds} "
-        f"interleaved rounds, medians; {machine()}",
+        f"{Path(args.spec).name}, {' and '.join(executors)} executor, workers {workers}; "
+        f"{args.rounds} interleaved rounds, medians; {machine()}",
         flush=True,
     )
+    configs = [(e, w) for w in workers for e in executors]
     runs = interleaved(
         args.rounds,
-        workers,
-        lambda w: run_once(args.spec, w, args.executor),
-        lambda w: f"workers={w}",
+        configs,
+        lambda c: run_once(args.spec, c[1], c[0]),
+        lambda c: f"{c[0]} workers={c[1]}",
     )
     memory = interleaved(
         args.memory_rounds,
-        workers,
-        lambda w: run_once(args.spec, w, args.executor, sample_memory=True),
-        lambda w: f"workers={w} (memory sampled, not timed)",
+        configs,
+        lambda c: run_once(args.spec, c[1], c[0], sample_memory=True),
+        lambda c: f"{c[0]} workers={c[1]} (memory sampled, not timed)",
     )
+    speedups = {}
+    for executor in executors:
+        if len(executors) > 1:
+            print(f"\n=== {executor} executor ===")
+        speedups[executor] = report(
+            executor,
+            workers,
+            {w: runs[(executor, w)] for w in workers},
+            {w: memory[(executor, w)] for w in workers},
+        )
+    if len(executors) > 1 and len(workers) > 1:
+        w = workers[-1]
+        walls = {e: median(r["wall"] for r in runs[(e, w)]) for e in executors}
+        print(
+            f"\nside by side at {w} workers: "
+            + ", ".join(f"{e} {walls[e]:.1f} s ({speedups[e]:.2f}x)" for e in executors)
+        )
 
+
+def report(
+    executor: str,
+    workers: list[int],
+    runs: dict[int, list[dict[str, Any]]],
+    memory: dict[int, list[dict[str, Any]]],
+) -> float:
+    """Print one executor's tables; return its speed-up from the first to the last count."""
     base = median(r["wall"] for r in runs[workers[0]])
     rows = []
     for w in workers:
@@ -301,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     every = [r for rs in (*runs.values(), *memory.values()) for r in rs]
     same = all(r["metrics"] == every[0]["metrics"] for r in every)
     print(f"\nmetrics bit-identical across worker counts and rounds: {'yes' if same else 'NO'}")
+    speedup = 1.0
     if len(workers) > 1:
         w = workers[-1]
         speedup = base / median(r["wall"] for r in runs[w])
@@ -309,11 +341,12 @@ def main(argv: list[str] | None = None) -> None:
         peak_rss = max((r["peak_rss_mb"] for r in sampled), default=float("nan"))
         # issue 7's memory bar is the processes executor's; a LocalCluster adds a
         # scheduler, nannies and a forkserver, and keeps shared models in dask's store
-        memory_bar = " (<= 2048)" if args.executor == "processes" else ""
+        memory_bar = " (<= 2048)" if executor == "processes" else ""
         print(
             f"bar: speed-up from {workers[0]} to {w} workers {speedup:.2f}x (>= 1.7); "
             f"peak memory {peak:.0f} MB PSS, {peak_rss:.0f} MB RSS summed{memory_bar}"
         )
+    return speedup
 
 
 if __name__ == "__main__":
