@@ -172,15 +172,14 @@ class DaskExecutor:
             )
         return distributed.Client(cluster), cluster
 
-    def _connect_while(self, work: Callable[[], None] | None) -> tuple[Any, Any]:
+    def _connect_while(self, work: Callable[[], None]) -> tuple[Any, Any]:
         """Connect (start the LocalCluster) in a thread while this thread does ``work``.
 
-        ``work`` is the task's ``preload``: the driver needs torch after the cells (the
-        statistics), and importing it here overlaps the wait for the workers, which fork
-        only once the forkserver has imported the same modules on the other core.
+        ``work`` is the driver's preparation (the task's ``preload``, the dataset file): the
+        driver needs torch after the cells (the statistics), and importing it here overlaps
+        the wait for the workers, which fork only once the forkserver has imported the same
+        modules on the other core.
         """
-        if work is None:
-            return self._connect()
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(1, thread_name_prefix="xleval-dask-connect") as pool:
@@ -202,19 +201,20 @@ class DaskExecutor:
         if not cells:
             return
         fn = getattr(fn, "for_cluster", lambda: fn)()
+        portable = getattr(fn, "portable_dataset", lambda: None)()
+        # a LocalCluster's workers read the driver's copy of a bundled dataset from a file
+        # instead of parsing it (a worker the nanny restarts loads it by name); a user's
+        # file is scattered, so a restarted worker gets that copy too
+        share_file = not self.address and portable is None and hasattr(fn, "loaded_dataset")
         dataset_file: list[str] = []
 
         def prepare_driver() -> None:
             getattr(fn, "preload", lambda: None)()
-            bundled = getattr(fn, "portable_dataset", lambda: None)() is None
-            if not self.address and bundled and hasattr(fn, "loaded_dataset"):
-                # a LocalCluster: its workers read the driver's copy from a file instead of
-                # parsing the bundled one (a worker the nanny restarts loads it by name; a
-                # user's file is still scattered, so a restarted worker gets that copy)
+            if share_file:
                 dataset_file.append(_write_dataset(fn.loaded_dataset()))
 
         try:
-            yield from self._run(distributed, fn, cells, prepare_driver, dataset_file)
+            yield from self._run(distributed, fn, cells, prepare_driver, portable, dataset_file)
         finally:
             for path in dataset_file:
                 os.unlink(path)
@@ -225,6 +225,7 @@ class DaskExecutor:
         fn: Any,
         cells: list[Any],
         prepare_driver: Callable[[], None],
+        portable: Any,
         dataset_file: list[str],
     ) -> Iterator[Any]:
         client, cluster = self._connect_while(prepare_driver)
@@ -236,7 +237,6 @@ class DaskExecutor:
             client.run(
                 _prepare_worker, self.threads_per_worker, fn, next(iter(dataset_file), None)
             )
-            portable = getattr(fn, "portable_dataset", lambda: None)()
             dataset = None
             if portable is not None:
                 # keyed by the dataset's fingerprint: dask's own content hash (hash=True)

@@ -215,8 +215,9 @@ class CellTask:
         """Import what running a cell needs (torch and the trainer: 1.3 s, ~100 MB).
 
         An executor that forks its workers from this process calls it first, so that the
-        workers share one copy instead of each importing its own on its first cell. Nothing
-        else imports torch in the driver: a run that only plans cells here (dask) skips it.
+        workers share one copy instead of each importing its own on its first cell; the
+        dask executor calls it while its cluster starts (the statistics need torch later).
+        Planning and keying cells never import torch, so a driver pays it only here.
         """
         import xleval.training  # noqa: F401
 
