@@ -28,6 +28,29 @@ def _shot_position(shots: Any, numeric: list[int]) -> float:
     return float(shots)
 
 
+def _real_position(aggregate: dict[str, Any], numeric: list[int]) -> float:
+    """x position of a learning-curve point: the examples per class its cells really trained
+    on where a class had fewer than k rows, else its k."""
+    real = aggregate.get("mean_shots_per_class")
+    if aggregate.get("shortfall") and real is not None:
+        return float(real)
+    return _shot_position(aggregate["shots"], numeric)
+
+
+def _interval_words(report: dict[str, Any]) -> str:
+    confidence = report["spec"].get("statistics", {}).get("confidence", 0.95)
+    return report.get("statistics", {}).get(
+        "interval", f"{confidence:.0%} interval over seeds and test examples"
+    )
+
+
+def _direction(report: dict[str, Any]) -> str:
+    metric = report["spec"]["main_metric"]
+    return (
+        "higher is better" if report["metrics"][metric]["higher_is_better"] else "lower is better"
+    )
+
+
 class Figure:
     """A rendered matplotlib figure: its data URI for the page, saved copies for papers."""
 
@@ -99,7 +122,10 @@ class HtmlReporter:
                 )
                 if not points:
                     continue
-                xs = [_shot_position(a["shots"], numeric) for a in points]
+                points = [a for a in points if a["mean"] is not None]
+                if not points:
+                    continue
+                xs = [_real_position(a, numeric) for a in points]
                 ys = [a["mean"] for a in points]
                 colour = PALETTE[i % len(PALETTE)]
                 style = "--" if method["protocol"] == "zero-shot" else "-"
@@ -129,11 +155,12 @@ class HtmlReporter:
             frameon=False,
         )
         fig.tight_layout(rect=(0, 0.06, 1, 1))
-        confidence = round(100 * spec.get("statistics", {}).get("confidence", 0.95))
         caption = (
-            f"{metric} on each target language's test split vs. target shots k; lines: mean "
-            f"over seeds, bands: {confidence}% interval; dashed: zero-shot (independent of k);"
-            " dotted verticals: break-even k where a method stops beating target-only."
+            f"{metric} on each target language's test split vs. target examples per class; "
+            f"lines: mean over seeds, bands: {_interval_words(report)}; dashed: zero-shot "
+            "(independent of k); a point sits at the examples per class really trained on "
+            "(left of k where a class had fewer than k training rows); dotted verticals: "
+            "break-even k where a method stops beating target-only."
         )
         figure = Figure(fig, "learning_curves", caption, f"Learning curves of {metric}", plots_dir)
         plt.close(fig)
@@ -146,7 +173,11 @@ class HtmlReporter:
         chosen = str(self.options.get("gap_shots") or "")
         if chosen not in shots_options:
             chosen = next((s for s in shots_options if s != "0"), shots_options[0])
-        methods = [m["label"] for m in self._methods(report)]
+        methods = [
+            m["label"]
+            for m in self._methods(report)
+            if not summary.get(m["label"], {}).get("transfer_gap_note")
+        ]
         targets = spec["targets"]
         grid = []
         for method in methods:
@@ -155,6 +186,7 @@ class HtmlReporter:
             grid.append([gaps.get(t) for t in targets])
         if all(v is None for row in grid for v in row):
             return []
+        higher = report["metrics"][spec["main_metric"]]["higher_is_better"]
         values = [v for row in grid for v in row if v is not None]
         bound = max(abs(v) for v in values) or 1.0
         fig, (heat, bars) = plt.subplots(
@@ -177,7 +209,7 @@ class HtmlReporter:
                         color="white" if abs(v) > bound * 0.6 else "black",
                     )
         heat.set_title(f"transfer gap at k={chosen}")
-        fig.colorbar(image, ax=heat, label="source score - target score")
+        fig.colorbar(image, ax=heat, label="how much worse on the target (lower is better)")
         width = 0.8 / max(len(methods), 1)
         for i, (method, row) in enumerate(zip(methods, grid, strict=True)):
             xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(targets))]
@@ -196,9 +228,11 @@ class HtmlReporter:
         bars.legend(frameon=False, fontsize=8)
         bars.grid(True, axis="y", alpha=0.3)
         fig.tight_layout()
+        how = "source - target" if higher else "target - source"
         caption = (
-            f"Transfer gap (source-language score minus target-language score, "
-            f"{spec['main_metric']}) per method and target at k={chosen}; lower is better."
+            f"Transfer gap: how much worse {spec['main_metric']} is on the target language's "
+            f"test split than on the source's ({how}), per method and target at k={chosen}; "
+            "lower is better. Methods that do not learn from the source have none."
         )
         figure = Figure(fig, "transfer_gap", caption, "Transfer gap heatmap and bars", plots_dir)
         plt.close(fig)
@@ -260,7 +294,14 @@ class HtmlReporter:
                         _fmt(by.get(k, {}).get("score"), by.get(k, {}).get("score_ci"))
                         for k in shots
                     ],
-                    "gaps": [_fmt(by.get(k, {}).get("transfer_gap")) for k in shots],
+                    "gaps": ["n/a"] * len(shots)
+                    if report.get("summary", {}).get(method["label"], {}).get("transfer_gap_note")
+                    else [
+                        _fmt(
+                            by.get(k, {}).get("transfer_gap"), by.get(k, {}).get("transfer_gap_ci")
+                        )
+                        for k in shots
+                    ],
                     "rank": _fmt(
                         report.get("summary", {}).get(method["label"], {}).get("mean_rank")
                     ),
@@ -270,6 +311,22 @@ class HtmlReporter:
                 }
             )
         comparisons, headers = _comparison_rows(report.get("comparisons") or [])
+        shortfalls: dict[tuple[str, Any], dict[str, Any]] = {}
+        for a in report["aggregates"]:
+            if a["metric"] != metric or not a.get("shortfall"):
+                continue
+            entry = shortfalls.setdefault(
+                (a["target"], a["shots"]),
+                {
+                    "column": f"{a['target']} k={a['shots']}",
+                    "methods": [],
+                    "missing": ", ".join(
+                        f"{label}: {n} short" for label, n in a["shortfall"].items()
+                    ),
+                    "per_class": _fmt(a.get("mean_shots_per_class"), digits=1),
+                },
+            )
+            entry["methods"].append(a["method"])
         env = jinja2.Environment(
             loader=jinja2.PackageLoader("xleval_plugins", "templates"),
             autoescape=True,  # every string from data, specs and plugins is escaped
@@ -295,7 +352,12 @@ class HtmlReporter:
             summary_rows=summary_rows,
             ranks=any(r["rank"] != "-" for r in summary_rows),
             has_score_ci=any("±" in c or "[" in c for r in summary_rows for c in r["scores"]),
-            confidence_pct=round(100 * spec.get("statistics", {}).get("confidence", 0.95)),
+            interval_words=_interval_words(report),
+            direction=_direction(report),
+            gap_how="source - target" if higher else "target - source",
+            one_seed=len(spec["seeds"]) < 2,
+            notes=report.get("statistics", {}).get("notes", []),
+            shortfalls=list(shortfalls.values()),
             curves=self._curves(report, plt, plots_dir),
             gap_figures=self._gap_figures(report, plt, plots_dir),
             comparisons=comparisons,
@@ -316,12 +378,12 @@ class HtmlReporter:
         write_text(self.render(report, plots_dir), path)
 
 
-def _fmt(value: Any, interval: Any = None) -> str:
+def _fmt(value: Any, interval: Any = None, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    text = f"{value:.3f}"
+    text = f"{value:.{digits}f}"
     if interval:
-        text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+        text += f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
     return text
 
 
@@ -335,18 +397,21 @@ def _wtl(value: Any) -> str:
 
 def _comparison_rows(comparisons: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows for the planned comparisons (each method against the baseline, and the pairs the
-    spec asks for): effect size, its interval and the Holm-corrected p-value."""
-    headers = ["A", "B", "target", "k", "metric", "A - B", "CI", "p (Holm)", "result"]
+    spec asks for): effect size, its interval and the Holm-corrected p-value; comparisons
+    that are no tests say why."""
+    headers = ["A", "B", "target", "k", "metric", "A - B", "interval", "p (Holm)", "result"]
     rows = []
     for c in comparisons:
         if c.get("family") != "planned":
             continue
-        if c.get("status") != "ok":
+        if c.get("status") == "identical":
+            result = "the same model (identical predictions): no test"
+        elif c.get("status") != "ok":
             result = f"not tested: {c.get('reason') or 'missing cells'}"
         elif c.get("significant"):
             result = f"{c.get('better')} better"
         else:
-            result = "no significant difference"
+            result = "not shown to differ"
         ci = c.get("ci")
         p = c.get("p_holm")
         rows.append(

@@ -3,8 +3,10 @@
 The tables show the main metric: rows are methods, columns target language x shots, cells
 mean ± std over seeds. A best result is marked only as far as the report's paired tests
 support it: ``*`` when it is significantly better than the runner-up, ``=`` on every cell
-tied for best (not significantly different from the best) otherwise. Other views of the
-same report: ``comparisons``, ``gaps`` (transfer gap), ``ranks`` and ``curves``.
+not shown to differ from the best otherwise; with one seed nothing is tested and nothing
+is marked. ``†`` marks cells that trained on fewer than k examples of some class. Other
+views of the same report: ``comparisons``, ``gaps`` (transfer gap), ``ranks`` and
+``curves``. "Best" follows the metric's direction (lower is better for a loss).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from xleval.cache import atomic_write_text
 from xleval.hookspecs import Register, hookimpl
 
 VIEWS = ("main", "comparisons", "gaps", "ranks", "curves")
-BEST, TIED = "*", "="
+BEST, TIED, SHORT = "*", "=", "†"
 
 
 def write_text(text: str, path: str | None) -> None:
@@ -53,59 +55,84 @@ def fmt_p(p: float | None) -> str:
     return "<1e-4" if p < 1e-4 else f"{p:.4f}"
 
 
-def pairwise_index(report: dict[str, Any]) -> dict[tuple[frozenset[str], str, Any], dict]:
-    """(pair, target, shots) -> the tested pairwise comparison on the main metric."""
+def pairwise_index(
+    report: dict[str, Any], statuses: tuple[str, ...] = ("ok",)
+) -> dict[tuple[frozenset[str], str, Any], dict]:
+    """(pair, target, shots) -> the pairwise comparison on the main metric with one of
+    ``statuses``."""
     metric = report["spec"]["main_metric"]
     return {
         (frozenset((e["a"], e["b"])), e["target"], e["shots"]): e
         for e in report.get("comparisons", [])
-        if e.get("family") == "pairwise" and e.get("status") == "ok" and e["metric"] == metric
+        if e.get("family") == "pairwise" and e.get("status") in statuses and e["metric"] == metric
     }
 
 
 def has_tests(report: dict[str, Any]) -> bool:
-    return any(e.get("family") == "pairwise" for e in report.get("comparisons", []))
+    return any(
+        e.get("family") == "pairwise" and e.get("status") == "ok"
+        for e in report.get("comparisons", [])
+    )
+
+
+def higher_is_better(report: dict[str, Any]) -> bool:
+    return bool(report["metrics"][report["spec"]["main_metric"]]["higher_is_better"])
 
 
 def column_marks(report: dict[str, Any]) -> dict[tuple[str, str, Any], str]:
     """(method, target, shots) -> '*' or '=' from the pairwise tests of each column.
 
-    The best mean is starred only when the test against the runner-up is significant
-    after Holm's correction; otherwise the best and every method not significantly
-    different from it are marked '=' (tied for best). A column without tests (a report
-    made before comparisons existed) stars its best mean, as older tables did.
+    The best mean (by the metric's direction) is starred only when the test against the
+    runner-up is significant after Holm's correction; otherwise the best and every method
+    not shown to differ from it are marked '=' (a method with predictions identical to the
+    best's is the same model, and marked '=' too). Nothing is marked in a report without
+    tests (one seed: no significance claims).
     """
+    if not has_tests(report):
+        return {}
     spec = report["spec"]
     metric = spec["main_metric"]
-    higher = report["metrics"][metric]["higher_is_better"]
+    higher = higher_is_better(report)
     tests = pairwise_index(report)
-    tested = has_tests(report)
+    same = pairwise_index(report, ("identical",))
     by_column: dict[tuple[str, Any], list[tuple[str, float]]] = {}
     for a in report["aggregates"]:
-        if a["metric"] == metric:
+        if a["metric"] == metric and a["mean"] is not None:
             by_column.setdefault((a["target"], a["shots"]), []).append((a["method"], a["mean"]))
     marks: dict[tuple[str, str, Any], str] = {}
     for (target, shots), entries in by_column.items():
-        entries.sort(key=lambda e: -e[1] if higher else e[1])
-        best = entries[0][0]
-        if not tested:
-            for method, mean in entries:
-                if mean == entries[0][1]:
-                    marks[(method, target, shots)] = BEST
-            continue
         if len(entries) < 2:
             continue
-        runner_up = entries[1][0]
+        entries.sort(key=lambda e: -e[1] if higher else e[1])
+        best = entries[0][0]
+        runner_up = next(
+            (m for m, _ in entries[1:] if (frozenset((best, m)), target, shots) not in same),
+            None,
+        )
         test = tests.get((frozenset((best, runner_up)), target, shots))
         if test is not None and test["significant"] and test["better"] == best:
             marks[(best, target, shots)] = BEST
+            for method, _ in entries[1:]:
+                if (frozenset((best, method)), target, shots) in same:
+                    marks[(method, target, shots)] = BEST
             continue
         marks[(best, target, shots)] = TIED
         for method, _ in entries[1:]:
-            test = tests.get((frozenset((best, method)), target, shots))
-            if test is not None and not test["significant"]:
+            pair = (frozenset((best, method)), target, shots)
+            test = tests.get(pair)
+            if pair in same or (test is not None and not test["significant"]):
                 marks[(method, target, shots)] = TIED
     return marks
+
+
+def short_cells(report: dict[str, Any]) -> set[tuple[str, str, Any]]:
+    """(method, target, shots) whose cells had fewer than k training rows of some class."""
+    metric = report["spec"]["main_metric"]
+    return {
+        (a["method"], a["target"], a["shots"])
+        for a in report["aggregates"]
+        if a["metric"] == metric and a.get("shortfall")
+    }
 
 
 def main_metric_rows(report: dict[str, Any], digits: int) -> tuple[list[str], list[list[str]]]:
@@ -120,6 +147,7 @@ def main_metric_rows(report: dict[str, Any], digits: int) -> tuple[list[str], li
         if a["metric"] == metric
     }
     marks = column_marks(report)
+    short = short_cells(report)
     header = ["method"] + [f"{t} k={shots_label(s)}" for t, s in columns]
     rows = []
     for method in methods:
@@ -129,9 +157,14 @@ def main_metric_rows(report: dict[str, Any], digits: int) -> tuple[list[str], li
             if agg is None:
                 row.append("")
                 continue
+            if agg["mean"] is None:
+                row.append("n/a")
+                continue
             text = f"{agg['mean']:.{digits}f}"
             if agg["n"] > 1:
                 text += f" ± {agg['std']:.{digits}f}"
+            if (method, target, shots) in short:
+                text += SHORT
             mark = marks.get((method, target, shots))
             if mark:
                 text += f" {mark}"
@@ -144,15 +177,24 @@ def alpha_of(report: dict[str, Any]) -> float:
     return round(1.0 - report["spec"]["statistics"]["confidence"], 12)
 
 
+def direction(report: dict[str, Any]) -> str:
+    return "higher is better" if higher_is_better(report) else "lower is better"
+
+
 def marks_legend(report: dict[str, Any]) -> str:
+    if len(report["spec"]["seeds"]) < 2:
+        return (
+            "no marks: with one seed nothing is tested (a single training run says nothing "
+            "about the next); run 3 or more seeds"
+        )
     if not has_tests(report):
-        return "* best in column (by mean; this report has no significance tests)"
+        return "no marks: no comparison in this report could be tested (see its notes)"
     families = report.get("statistics", {}).get("families", {})
     size = families.get("pairwise")
     over = f" over the report's {size} pairwise tests" if size is not None else ""
     return (
-        f"* best in column, significantly better than the runner-up; = tied for best "
-        f"(not significantly different from the best); paired tests on the same seeds and "
+        f"* best in column ({direction(report)}), significantly better than the runner-up; "
+        f"= not shown to differ from the best (not 'equivalent'); paired tests over seeds and "
         f"test examples, Holm-corrected{over}, alpha = {alpha_of(report):g}"
     )
 
@@ -161,46 +203,69 @@ def main_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
     header, rows = main_metric_rows(report, digits)
     spec = report["spec"]
     title = (
-        f"{spec['main_metric']} on the target test split, mean ± std over "
-        f"{len(spec['seeds'])} seed(s)"
+        f"{spec['main_metric']} on the target test split ({direction(report)}), mean ± std "
+        f"over {len(spec['seeds'])} seed(s)"
     )
     text = title + "\n" + marks_legend(report) + "\n\n"
-    return text + tabulate(rows, headers=header, tablefmt=tablefmt)
+    text += tabulate(rows, headers=header, tablefmt=tablefmt)
+    if short_cells(report):
+        text += (
+            f"\n\n{SHORT} a class had fewer than k training rows: these cells trained on fewer "
+            "examples per class than their column says (see --view curves)"
+        )
+    return text
+
+
+def interval_words(report: dict[str, Any]) -> str:
+    confidence = report["spec"]["statistics"]["confidence"]
+    return report.get("statistics", {}).get(
+        "interval", f"{confidence:.0%} interval over seeds and test examples"
+    )
 
 
 def comparisons_view(report: dict[str, Any], digits: int, tablefmt: str, family: str) -> str:
-    """One row per comparison: difference a − b with its interval, raw and Holm p-values."""
+    """One row per tested comparison: difference a − b with its interval, raw and Holm
+    p-values; then the comparisons that are no tests, with why."""
     families = ("planned", "pairwise") if family == "all" else (family,)
     chosen = [e for e in report.get("comparisons", []) if e["family"] in families]
     if not chosen:
         return "no comparisons in this report (it predates them, or has one method)"
-    confidence = report["spec"]["statistics"]["confidence"]
-    rows, skipped = [], []
+    rows, untested = [], []
     for e in chosen:
         if e["status"] != "ok":
-            skipped.append(f"  {e['a']} vs {e['b']} {e['target']} k={e['shots']}: {e['reason']}")
+            untested.append(
+                f"  {e['a']} vs {e['b']} {e['target']} k={e['shots']}: {e['status']}: {e['reason']}"
+            )
             continue
         row = [e["target"], shots_label(e["shots"]), e["a"], e["b"]]
         row += [fmt(e["difference"], digits, sign=True), fmt_interval(e["ci"], digits)]
-        row += [e["test"], fmt_p(e["p_value"]), fmt_p(e["p_holm"])]
+        row += [fmt_p(e["p_value"]), fmt_p(e["p_holm"])]
+        row += [fmt_p(e.get("p_seeds")), fmt_p(e.get("p_examples"))]
         row += ["*" if e["significant"] else "", e["better"] or ""]
         if family == "all":
             row.insert(0, e["family"])
         rows.append(row)
-    header = ["target", "k", "A", "B", "A − B", f"{confidence:.0%} CI", "test", "p", "p Holm"]
-    header += ["sig", "better"]
+    header = ["target", "k", "A", "B", "A − B", "interval", "p", "p Holm"]
+    header += ["p seeds", "p examples", "sig", "better"]
     if family == "all":
         header.insert(0, "family")
     sizes = report.get("statistics", {}).get("families", {})
     metric = report["spec"]["main_metric"]
     title = (
-        f"{metric}: paired comparisons on the same seeds and test examples ({', '.join(families)}"
-        f"; Holm over {' / '.join(str(sizes.get(f, '?')) for f in families)} tests); "
-        f"* significant at alpha = {alpha_of(report):g}"
+        f"{metric} ({direction(report)}): paired comparisons on the same seeds and test "
+        f"examples ({', '.join(families)}; Holm over "
+        f"{' / '.join(str(sizes.get(f, '?')) for f in families)} tests); * significant at "
+        f"alpha = {alpha_of(report):g}. p, interval and sig generalise to new seeds and new "
+        "test examples; 'p seeds' to new seeds on this test set, 'p examples' to new test "
+        f"examples for these trained models (reported, not used). Interval: "
+        f"{interval_words(report)}; no mark means not shown to differ, not 'equivalent'."
     )
-    text = title + "\n\n" + tabulate(rows, headers=header, tablefmt=tablefmt, disable_numparse=True)
-    if skipped:
-        text += f"\n\n{len(skipped)} skipped:\n" + "\n".join(skipped)
+    text = title + "\n\n"
+    text += tabulate(rows, headers=header, tablefmt=tablefmt, disable_numparse=True)
+    if not rows:
+        text += "(no comparison could be tested)"
+    if untested:
+        text += f"\n\n{len(untested)} not tested:\n" + "\n".join(untested)
     return text
 
 
@@ -214,11 +279,15 @@ def summaries(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def gaps_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
-    """Transfer gap (source − target score) per method, shots and target, and its mean."""
+    """Transfer gap per method, shots and target, and its mean; n/a for methods that do not
+    learn from the source."""
     spec = report["spec"]
     targets = spec["targets"]
     rows = []
     for label, s in summaries(report):
+        if s.get("transfer_gap_note"):
+            rows.append([label, "", *(["n/a"] * len(targets)), s["transfer_gap_note"]])
+            continue
         for shots, row in s["by_shots"].items():
             gaps = row.get("transfer_gap_per_target", {})
             cis = row.get("transfer_gap_per_target_ci", {})
@@ -231,18 +300,21 @@ def gaps_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
             if row.get("transfer_gap_ci"):
                 mean += f" {fmt_interval(row['transfer_gap_ci'], digits)}"
             rows.append([label, shots, *cells, mean])
+    higher = higher_is_better(report)
+    how = "source − target" if higher else "target − source"
     title = (
-        f"transfer gap: {spec['main_metric']} on the source test split minus on the target's "
-        f"(lower is better), mean over seeds [{spec['statistics']['confidence']:.0%} t-interval]"
+        f"transfer gap: how much worse {spec['main_metric']} is on the target's test split "
+        f"than on the source's ({how}; lower is better), mean over seeds "
+        f"[{interval_words(report)}]"
     )
     header = ["method", "k", *targets, "mean over targets"]
-    return title + "\n\n" + tabulate(rows, headers=header, tablefmt=tablefmt, disable_numparse=True)
+    text = tabulate(rows, headers=header, tablefmt=tablefmt, disable_numparse=True)
+    return title + "\n\n" + text
 
 
 def ranks_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
     """Mean rank, win/tie/loss and the score over targets per method; then W-T-L by pair."""
     spec = report["spec"]
-    confidence = spec["statistics"]["confidence"]
     items = summaries(report)
     rows = []
     for label, s in items:
@@ -268,10 +340,10 @@ def ranks_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
     header = ["method", "mean rank", "columns", "wins", "ties", "losses"]
     header += [f"score k={shots_label(k)}" for k in spec["shots"]]
     title = (
-        f"{spec['main_metric']}: rank per (target, k) column (1 best; mean over columns where "
-        f"every method ran); wins/ties/losses = significantly better / not different / worse "
-        f"in a pairwise test (Holm, alpha = {alpha_of(report):g}); score = mean over targets "
-        f"[{confidence:.0%} t-interval over seeds]"
+        f"{spec['main_metric']} ({direction(report)}): rank per (target, k) column (1 best; "
+        f"mean over columns where every method ran); wins/ties/losses = significantly better "
+        f"/ not shown to differ / worse in a pairwise test (Holm, alpha = "
+        f"{alpha_of(report):g}); score = mean over targets [{interval_words(report)}]"
     )
     text = title + "\n\n" + tabulate(rows, headers=header, tablefmt=tablefmt, disable_numparse=True)
     labels = [label for label, _ in items]
@@ -293,6 +365,21 @@ def ranks_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
     return text
 
 
+def break_even_text(even: dict[str, Any] | None) -> str:
+    """How the curves view shows a break-even entry."""
+    if even is None:
+        return ""
+    status = even["status"]
+    if even["shots"] is not None:
+        return f"{shots_label(even['shots'])} ({status})"
+    if status.startswith("better at"):
+        return f"> max k ({status})"
+    if status == "undetermined":
+        missing = ", ".join(shots_label(k) for k in even.get("not_compared", []))
+        return f"undetermined (k={missing} not compared)"
+    return status
+
+
 def curves_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
     """Per target: the main metric at each shot count per method, and the break-even k."""
     spec = report["spec"]
@@ -300,9 +387,9 @@ def curves_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
     items = summaries(report)
     against = report.get("statistics", {}).get("target_only")
     parts = [
-        f"learning curves: {spec['main_metric']} by target shots per class, mean over seeds "
-        f"[{spec['statistics']['confidence']:.0%} bootstrap interval, test examples and seeds "
-        "resampled]"
+        f"learning curves: {spec['main_metric']} ({direction(report)}) by target shots per "
+        f"class, mean over seeds [{interval_words(report)}]; {SHORT} fewer than k examples "
+        "of some class (trained on the mean per class in parentheses)"
         + (
             f"; break-even = smallest k from which a method is no longer significantly "
             f"better than {against}"
@@ -317,23 +404,16 @@ def curves_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
             row = [label]
             for k in shots:
                 p = points.get(k)
-                row.append(
-                    ""
-                    if p is None
-                    else fmt(p["mean"], digits)
-                    + (
-                        " " + fmt_interval(p["ci_bootstrap"], digits)
-                        if p.get("ci_bootstrap")
-                        else ""
-                    )
-                )
-            even = (s.get("break_even") or {}).get(target)
-            row.append(
-                ""
-                if even is None
-                else (shots_label(even["shots"]) if even["shots"] is not None else "> max k")
-                + f" ({even['status']})"
-            )
+                if p is None:
+                    row.append("")
+                    continue
+                text = fmt(p["mean"], digits)
+                if p.get("ci"):
+                    text += " " + fmt_interval(p["ci"], digits)
+                if p.get("shortfall"):
+                    text += f" {SHORT}({fmt(p.get('mean_shots_per_class'), 1)})"
+                row.append(text)
+            row.append(break_even_text((s.get("break_even") or {}).get(target)))
             rows.append(row)
         header = ["method", *[f"k={shots_label(k)}" for k in shots], "break-even k"]
         parts.append(

@@ -44,7 +44,7 @@ def test_examples_include_the_quickstart_and_focused_ones():
     quickstart = read_spec_file(specs_dir() / "examples" / "quickstart.toml")
     assert quickstart["targets"] == ["de", "fr", "ja", "ru"]
     assert quickstart["shots"] == [0, 8, 32, 128]
-    assert len(quickstart["seeds"]) == 3
+    assert len(quickstart["seeds"]) == 5  # enough for the paired tests to show something
     assert {m["protocol"] for m in quickstart["methods"]} == {
         "target-only",
         "zero-shot",
@@ -53,7 +53,7 @@ def test_examples_include_the_quickstart_and_focused_ones():
         "joint",
     }
     result = invoke("run", str(specs_dir() / "examples" / "quickstart.toml"), "--dry-run")
-    assert "168 cells" in result.output
+    assert "280 cells" in result.output
 
 
 def test_relative_dataset_path_is_read_from_the_spec_folder(tmp_path, monkeypatch):
@@ -175,3 +175,54 @@ def test_sigint_keeps_finished_cells_and_resume_completes(tmp_path):
     assert final["run"]["cells_cached"] + final["run"]["cells_computed"] == 36
     assert all(c["status"] == "ok" for c in final["cells"])
     assert metrics_of(final)
+
+
+def test_one_seed_runs_warns_once_and_marks_nothing(tmp_path):
+    spec = write_spec(tmp_path, seeds=(1,))
+    result = CliRunner().invoke(build_cli(), ["run", str(spec), "--out", str(tmp_path / "r"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("warning: one seed") == 1
+    assert "3 or more seeds" in result.output
+    assert "no marks: with one seed nothing is tested" in result.output
+    table = [line for line in result.output.splitlines() if line.startswith(("target", "zero"))]
+    assert table and not any(line.rstrip().endswith(("*", "=")) for line in table)
+    report = read_report(tmp_path / "r")
+    assert {c["status"] for c in report["comparisons"]} <= {"not-testable", "identical"}
+    assert all(c["significant"] is None for c in report["comparisons"])
+    validate = invoke("validate", str(spec))
+    assert validate.exit_code == 0 and "warning: one seed" in validate.output
+
+
+def test_a_class_with_fewer_than_k_rows_is_printed_marked_and_reported(tmp_path):
+    rows = []
+    for lang, train in (("en", {"a": 20, "b": 20}), ("de", {"a": 10, "b": 2})):
+        for label, count in train.items():
+            for split, n in (("train", count), ("test", 10)):
+                for i in range(n):
+                    word = f"{label}{i % 3}" if lang == "en" else f"{label}x{i % 3}"
+                    row_id = f"{lang}-{label}-{split}-{i}"
+                    rows.append({"id": row_id, "lang": lang, "label": label, "split": split,
+                                 "text": f"{word} common"})  # fmt: skip
+    data = tmp_path / "short.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = tmp_path / "short.toml"
+    spec.write_text(
+        f'dataset = {{ name = "jsonl", options = {{ path = "{data}" }} }}\nsource = "en"\n'
+        'targets = ["de"]\nshots = [4]\nseeds = [1, 2, 3]\nmetrics = ["accuracy"]\n'
+        'model = { name = "bag-of-embeddings", options = { dim = 8, buckets = 1000 } }\n'
+        '[[methods]]\nprotocol = "target-only"\n[[methods]]\nprotocol = "joint"\n'
+    )
+    result = CliRunner().invoke(build_cli(), ["run", str(spec), "--out", str(tmp_path / "r"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "warning: de k=4: fewer than k training rows ('b' 2 short)" in result.output
+    assert "trained on 3.0 examples per class" in result.output
+    rows = [
+        line for line in result.output.splitlines() if line.startswith(("target-only", "joint"))
+    ]
+    assert len(rows) == 2 and all("†" in row for row in rows)
+    assert "† a class had fewer than k training rows" in result.output
+    report = read_report(tmp_path / "r")
+    (entry,) = [a for a in report["aggregates"] if a["method"] == "target-only"]
+    assert entry["shortfall"] == {"b": 2} and entry["mean_shots_per_class"] == 3.0
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "Fewer training examples than k" in html and "b: 2 short" in html

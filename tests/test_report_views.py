@@ -70,7 +70,6 @@ metrics = ["accuracy", "nll"]
 executor = "local"
 model = {{ name = "bag-of-embeddings", options = {{ dim = 16, buckets = 20000 }} }}
 training = {{ epochs = 5 }}
-statistics = {{ bootstrap = 1000 }}
 [[methods]]
 protocol = "target-only"
 [[methods]]
@@ -110,15 +109,19 @@ def test_report_has_comparisons_with_p_values(run_dir):
         entry = next(c for c in planned if c["a"] == "zero-shot" and c["target"] == target)
         assert entry["significant"] and entry["better"] == "target-only"
     assert report["statistics"]["baseline"] == "target-only"
-    assert all(a["ci_bootstrap"] is not None for a in report["aggregates"])
+    for a in report["aggregates"]:
+        assert a["ci"] is not None and a["ci_seeds"] is not None and a["n_examples"] > 1
+        assert a["ci"][0] <= a["mean"] <= a["ci"][1]
 
 
 def test_table_marks_follow_the_tests(run_dir):
     report = read_report(run_dir)
     table = invoke("report", str(run_dir))
     assert table.exit_code == 0, table.output
-    assert "* best in column, significantly better than the runner-up" in table.output
-    assert "= tied for best" in table.output
+    assert "* best in column (higher is better), significantly better than the runner-up" in (
+        table.output
+    )
+    assert "= not shown to differ from the best (not 'equivalent')" in table.output
     pairwise = {
         (frozenset((c["a"], c["b"])), c["target"], c["shots"]): c
         for c in report["comparisons"]
@@ -194,19 +197,18 @@ def test_rescore_rebuilds_the_same_statistics(run_dir, tmp_path):
         assert json.dumps(rescored[section]) == json.dumps(original[section]), section
 
 
-def test_a_report_without_tests_still_renders_its_best_means(run_dir, tmp_path):
-    """Reports from before comparisons existed have none: the table stars best means and
-    says they are untested."""
+def test_a_report_without_tests_marks_nothing(run_dir, tmp_path):
+    """Marks are claims: with no tested comparison (one method, one seed) there are none,
+    and the legend says why."""
     report = read_report(run_dir)
     report["comparisons"] = []
-    report.pop("statistics")
     validate_report(report)
-    path = tmp_path / "old.json"
+    path = tmp_path / "untested.json"
     path.write_text(json.dumps(report))
     result = invoke("report", str(path))
     assert result.exit_code == 0, result.output
-    assert "this report has no significance tests" in result.output
-    assert " *" in result.output and " =" not in result.output
+    assert "no marks: no comparison in this report could be tested" in result.output
+    assert " *" not in result.output and " =" not in result.output
     assert "no comparisons in this report" in invoke("report", str(path), "--view",
                                                      "comparisons").output  # fmt: skip
 
@@ -230,3 +232,60 @@ def test_a_significant_best_is_starred_and_only_ties_get_equals(run_dir, tmp_pat
     assert cell_text(header, rows["joint"], "de k=8").endswith("*")
     assert cell_text(header, rows["target-only"], "de k=8")[-1].isdigit()
     assert cell_text(header, rows["target-only"], "fr k=8").endswith("=")
+
+
+def test_a_report_from_an_older_schema_is_refused_and_rescore_rebuilds_it(run_dir, tmp_path):
+    """Numbers made by other statistics must not be shown as this version's: 'xleval report'
+    refuses a schema-1 report and names the way out, which works (no retraining)."""
+    old_run = tmp_path / "old-run"
+    old_run.mkdir()
+    (old_run / "predictions.jsonl").write_bytes((run_dir / "predictions.jsonl").read_bytes())
+    report = read_report(run_dir)
+    report |= {"schema_version": 1, "xleval_version": "0.1.0"}
+    report["spec"]["statistics"] |= {"bootstrap": 2000, "seed": 0}  # a 0.1 spec
+    for a in report["aggregates"]:
+        a["ci_bootstrap"] = a.pop("ci_examples")
+    (old_run / "report.json").write_text(json.dumps(report))
+    refused = invoke("report", str(old_run))
+    assert refused.exit_code == 1
+    assert "made by xleval 0.1.0 (report schema 1)" in refused.output
+    assert f"xleval rescore {old_run}" in refused.output
+    rebuilt = invoke("rescore", str(old_run))
+    assert rebuilt.exit_code == 0, rebuilt.output
+    fresh = read_report(old_run / "report.rescored.json")
+    assert fresh["schema_version"] == 2 and "bootstrap" not in fresh["spec"]["statistics"]
+    assert fresh["aggregates"] == read_report(run_dir)["aggregates"]
+    assert any("rescored by xleval" in n for n in fresh["statistics"]["notes"])
+
+
+def test_a_lower_is_better_main_metric_reads_the_right_way_in_every_view(run_dir, tmp_path):
+    """With nll as main metric the best method is the one with the lowest loss in the
+    table, ranks and comparisons; 'lower is better' is said where it is true."""
+    spec = run_dir.parent / "views.toml"
+    nll_spec = tmp_path / "nll.toml"
+    metrics = 'metrics = ["accuracy", "nll"]'
+    nll_spec.write_text(spec.read_text().replace(metrics, metrics + '\nmain_metric = "nll"'))
+    result = invoke("run", str(nll_spec), "--out", str(tmp_path / "run"), "-q")
+    assert result.exit_code == 0, result.output
+    report = read_report(tmp_path / "run")
+    assert report["statistics"]["higher_is_better"] is False
+    main = invoke("report", str(tmp_path / "run")).output
+    assert "nll on the target test split (lower is better)" in main
+    assert "* best in column (lower is better)" in main
+    means = {(a["method"], a["target"]): a["mean"] for a in report["aggregates"]
+             if a["metric"] == "nll" and a["shots"] == 8}  # fmt: skip
+    for target in ("de", "fr"):
+        best = min((m for m, t in means if t == target), key=lambda m: means[(m, target)])
+        worst = max((m for m, t in means if t == target), key=lambda m: means[(m, target)])
+        ranks = {m: report["summary"][m]["by_shots"]["8"]["ranks"][target] for m, t in means
+                 if t == target}  # fmt: skip
+        assert ranks[best] == min(ranks.values()) and ranks[worst] == 3.0
+        test = next(c for c in report["comparisons"] if c["family"] == "pairwise"
+                    and c["target"] == target and c["shots"] == 8
+                    and {c["a"], c["b"]} == {best, worst})  # fmt: skip
+        if test["significant"]:
+            assert test["better"] == best
+    gaps = invoke("report", str(tmp_path / "run"), "--view", "gaps").output
+    assert "target − source; lower is better" in gaps
+    ranks_view = invoke("report", str(tmp_path / "run"), "--view", "ranks").output
+    assert "nll (lower is better)" in ranks_view

@@ -81,12 +81,22 @@ def test_defaults_are_filled(registry):
     assert [m.name for m in spec.metrics] == ["accuracy", "macro_f1"]
     assert spec.main_metric == "accuracy"
     assert spec.executor.name == "local"
-    assert spec.statistics == {
-        "confidence": 0.95,
-        "bootstrap": 2000,
-        "baseline": None,
-        "compare": [],
-    }
+    assert spec.statistics == {"confidence": 0.95, "baseline": None, "compare": []}
+    assert spec.warnings == ()
+
+
+def test_retired_statistics_options_are_accepted_with_a_warning(registry):
+    """Specs written for xleval 0.1 still run: their bootstrap options are dropped, said."""
+    raw = minimal() | {"statistics": {"bootstrap": 5000, "seed": 7}}
+    spec = resolve_spec(raw, registry)
+    assert "bootstrap" not in spec.statistics and "seed" not in spec.statistics
+    (warning,) = spec.warnings
+    assert "statistics.bootstrap and statistics.seed: no longer used" in warning
+
+
+def test_one_seed_warns_that_nothing_will_be_tested(registry):
+    spec = resolve_spec(minimal() | {"seeds": [4]}, registry)
+    assert any("one seed" in w and "3 or more seeds" in w for w in spec.warnings)
     target_only, transfer = spec.methods
     assert target_only.label == "target-only"
     assert target_only.model.options == {"dim": 16}

@@ -52,6 +52,31 @@ def check_languages(spec, dataset) -> None:
         )
 
 
+def print_warnings(warnings) -> None:
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+def shortfall_warnings(report) -> list[str]:
+    """One line per (target, k) where a class had fewer than k training rows: those cells
+    trained on fewer examples than their column says (the table marks them)."""
+    seen: dict[tuple[str, object], str] = {}
+    metric = report["spec"]["main_metric"]
+    for a in report["aggregates"]:
+        if a["metric"] != metric or not a.get("shortfall"):
+            continue
+        key = (a["target"], a["shots"])
+        if key in seen:
+            continue
+        missing = ", ".join(f"'{label}' {n} short" for label, n in a["shortfall"].items())
+        per_class = a.get("mean_shots_per_class")
+        seen[key] = (
+            f"{a['target']} k={a['shots']}: fewer than k training rows ({missing})"
+            + (f"; its cells trained on {per_class:.1f} examples per class" if per_class else "")
+        )
+    return list(seen.values())
+
+
 class Progress:
     """Cells done/total with an ETA on a terminal; silent otherwise or with --quiet."""
 
@@ -124,6 +149,7 @@ def add_run_commands(cli: click.Group) -> None:
         from xleval.runner import expand_grid, print_failures, run_cells, write_predictions
 
         spec = prepare_spec(state, spec_path, executor, parse_options(executor_options), jobs)
+        print_warnings(spec.warnings)
         if dry_run:
             print_grid(spec, expand_grid(spec))
             return
@@ -155,6 +181,7 @@ def add_run_commands(cli: click.Group) -> None:
         write_html(state, report, run_dir)
         table = state.pm.registry.build("reporters", "table", {})
         table.write(report, None)
+        print_warnings(shortfall_warnings(report))
         run = report["run"]
         click.echo(
             f"{run['cells_total']} cells: {run['cells_computed']} computed, "
@@ -188,6 +215,7 @@ def add_run_commands(cli: click.Group) -> None:
             return
         spec = load_spec(path, state.pm.registry)
         click.echo(f"ok: {path} is a valid experiment spec ({len(expand_grid(spec))} cells)")
+        print_warnings(spec.warnings)
 
     @cli.command("report")
     @click.argument("report_path", metavar="REPORT", type=click.Path())
@@ -253,12 +281,20 @@ def add_run_commands(cli: click.Group) -> None:
         common = [k for k in ma if k in mb]
         if not common:
             raise XlevalError(f"the two reports share no (method, target, shots) for '{metric}'")
+        def text(value, sign=""):
+            return "n/a" if value is None else f"{value:{sign}.4f}"
+
         rows = [
             [
                 *k,
-                f"{ma[k]['mean']:.4f}",
-                f"{mb[k]['mean']:.4f}",
-                f"{mb[k]['mean'] - ma[k]['mean']:+.4f}",
+                text(ma[k]["mean"]),
+                text(mb[k]["mean"]),
+                text(
+                    None
+                    if ma[k]["mean"] is None or mb[k]["mean"] is None
+                    else mb[k]["mean"] - ma[k]["mean"],
+                    "+",
+                ),
             ]
             for k in common
         ]

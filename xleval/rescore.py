@@ -1,8 +1,9 @@
 """Recompute a run's metrics from its stored predictions, without training anything.
 
-Everything derived from the metrics is rebuilt the way the run built it (aggregates with
-both intervals, comparisons, summary): the same predictions and statistics seed give the
-same numbers as the run's own report.
+Everything derived from the metrics is rebuilt the way a run builds it (aggregates with
+their intervals, comparisons, summary): the same predictions give the same numbers as the
+run's own report. A report made by an older xleval is rebuilt with this version's
+statistics (its cells are kept as they were computed).
 """
 
 from __future__ import annotations
@@ -12,9 +13,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from xleval import __version__
+from xleval.analysis import analyse
 from xleval.errors import XlevalError
 from xleval.plugins import XlevalPluginManager
-from xleval.report import analyse, metric_components, read_report, validate_report
+from xleval.report import (
+    SCHEMA_VERSION,
+    ReportError,
+    load_report_json,
+    metric_components,
+    validate_report,
+)
 from xleval.runner import decode_predictions
 from xleval.spec import resolve_spec
 
@@ -41,7 +50,14 @@ def rescore(
     run_dir: Path, pm: XlevalPluginManager, metric_names: list[str] | None = None
 ) -> dict[str, Any]:
     """The run's report with every cell's metrics recomputed from predictions.jsonl."""
-    report = copy.deepcopy(read_report(run_dir))
+    path, report = load_report_json(run_dir)
+    if not isinstance(report, dict) or not all(
+        isinstance(report.get(k), t)
+        for k, t in (("spec", dict), ("cells", list), ("dataset", dict))
+    ):
+        raise ReportError(f"{path}: not an xleval report (no spec, cells and dataset)")
+    report = copy.deepcopy(report)
+    made_by = report.get("xleval_version")
     raw_spec = report["spec"]
     if metric_names is not None:
         raw_spec["metrics"] = metric_names
@@ -72,8 +88,15 @@ def rescore(
     def stored_predictions(key: str, lang: str) -> dict[str, Any] | None:
         return predictions.get((key, lang))
 
-    stats = analyse(report["cells"], spec, metrics, stored_predictions)
+    labels = report["dataset"].get("labels")
+    stats = analyse(report["cells"], spec, metrics, stored_predictions, labels=labels)
     for section in ("aggregates", "comparisons", "summary", "statistics", "calibration"):
         report[section] = stats[section]
+    if made_by != __version__:
+        report["statistics"]["notes"].append(
+            f"rescored by xleval {__version__} from a run made by xleval {made_by}"
+        )
+    report["schema_version"] = SCHEMA_VERSION
+    report["xleval_version"] = __version__
     validate_report(report, f"rescored {run_dir}")
     return report

@@ -20,6 +20,10 @@ from xleval.registry import Registry, fill_defaults, schema_errors
 from xleval.resources import load_schema
 
 PROTOCOLS: tuple[str, ...] = ("target-only", "zero-shot", "transfer", "fusion", "joint")
+#: Protocols whose model learns from the source languages: only theirs has a transfer gap.
+LEARNS_FROM_SOURCE = frozenset({"zero-shot", "transfer", "fusion", "joint"})
+#: statistics options that older versions used and this one ignores (nothing is resampled).
+RETIRED_STATISTICS = ("bootstrap", "seed")
 DEFAULT_TRANSFER = "weight-copy"
 DEFAULT_FUSION = "exp-sum"
 
@@ -79,6 +83,8 @@ class ExperimentSpec:
     statistics: dict[str, Any]
     methods: tuple[MethodSpec, ...]
     description: str = ""
+    #: What a user should know before running (one seed, retired options); not errors.
+    warnings: tuple[str, ...] = ()
 
     def method(self, label: str) -> MethodSpec:
         return next(m for m in self.methods if m.label == label)
@@ -251,6 +257,20 @@ def resolve_spec(
             )
 
     statistics = spec["statistics"]
+    warnings = []
+    retired = [key for key in RETIRED_STATISTICS if key in statistics]
+    for key in retired:
+        del statistics[key]
+    if retired:
+        warnings.append(
+            f"statistics.{' and statistics.'.join(retired)}: no longer used (xleval no longer "
+            "resamples: its intervals and tests are computed in closed form) and ignored"
+        )
+    if len(spec["seeds"]) == 1:
+        warnings.append(
+            "one seed: a single training run says nothing about the next, so the report makes "
+            "no significance claims and gives no interval over seeds; use 3 or more seeds"
+        )
     if statistics["baseline"] is not None and statistics["baseline"] not in labels:
         errors.append(
             f"at 'statistics.baseline': '{statistics['baseline']}' is not a method label "
@@ -276,6 +296,7 @@ def resolve_spec(
         executor=executor,
         statistics=statistics,
         methods=tuple(methods),
+        warnings=tuple(warnings),
     )
 
 
