@@ -22,7 +22,7 @@ from xleval.cache import atomic_write_text
 from xleval.hookspecs import Register, hookimpl
 
 VIEWS = ("main", "comparisons", "gaps", "ranks", "curves")
-BEST, TIED, SHORT = "*", "=", "†"
+BEST, TIED, UNTESTED, SHORT = "*", "=", "?", "†"
 
 
 def write_text(text: str, path: str | None) -> None:
@@ -80,13 +80,15 @@ def higher_is_better(report: dict[str, Any]) -> bool:
 
 
 def column_marks(report: dict[str, Any]) -> dict[tuple[str, str, Any], str]:
-    """(method, target, shots) -> '*' or '=' from the pairwise tests of each column.
+    """(method, target, shots) -> a mark from the pairwise tests of each column.
 
-    The best mean (by the metric's direction) is starred only when the test against the
-    runner-up is significant after Holm's correction; otherwise the best and every method
-    not shown to differ from it are marked '=' (a method with predictions identical to the
-    best's is the same model, and marked '=' too). Nothing is marked in a report without
-    tests (one seed: no significance claims).
+    The best mean (by the metric's direction) is starred when its test against the
+    runner-up is significant after Holm's correction, else marked '='. Every other method
+    is marked '=' when not shown to differ from the best (a method with predictions
+    identical to the best's is the same model: '=' too), '?' when its comparison with the
+    best could not be made (skipped or not testable), and left unmarked only when it is
+    significantly worse. Nothing is marked in a report without tests (one seed: no
+    significance claims).
     """
     if not has_tests(report):
         return {}
@@ -105,22 +107,17 @@ def column_marks(report: dict[str, Any]) -> dict[tuple[str, str, Any], str]:
             continue
         entries.sort(key=lambda e: -e[1] if higher else e[1])
         best = entries[0][0]
-        runner_up = next(
-            (m for m, _ in entries[1:] if (frozenset((best, m)), target, shots) not in same),
-            None,
-        )
-        test = tests.get((frozenset((best, runner_up)), target, shots))
-        if test is not None and test["significant"] and test["better"] == best:
-            marks[(best, target, shots)] = BEST
-            for method, _ in entries[1:]:
-                if (frozenset((best, method)), target, shots) in same:
-                    marks[(method, target, shots)] = BEST
-            continue
-        marks[(best, target, shots)] = TIED
+        others = [m for m, _ in entries[1:] if (frozenset((best, m)), target, shots) not in same]
+        runner_up = tests.get((frozenset((best, others[0])), target, shots)) if others else None
+        starred = runner_up is not None and runner_up["significant"]
+        marks[(best, target, shots)] = BEST if starred else TIED
         for method, _ in entries[1:]:
             pair = (frozenset((best, method)), target, shots)
-            test = tests.get(pair)
-            if pair in same or (test is not None and not test["significant"]):
+            if pair in same:
+                marks[(method, target, shots)] = marks[(best, target, shots)]
+            elif pair not in tests:
+                marks[(method, target, shots)] = UNTESTED
+            elif not tests[pair]["significant"]:
                 marks[(method, target, shots)] = TIED
     return marks
 
@@ -194,7 +191,8 @@ def marks_legend(report: dict[str, Any]) -> str:
     over = f" over the report's {size} pairwise tests" if size is not None else ""
     return (
         f"* best in column ({direction(report)}), significantly better than the runner-up; "
-        f"= not shown to differ from the best (not 'equivalent'); paired tests over seeds and "
+        f"= not shown to differ from the best (not 'equivalent'); no mark: significantly "
+        f"worse than the best; ? not compared with the best; paired tests over seeds and "
         f"test examples, Holm-corrected{over}, alpha = {alpha_of(report):g}"
     )
 

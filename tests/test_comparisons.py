@@ -565,3 +565,47 @@ def test_a_slow_metric_on_a_large_test_set_is_grouped(pm, monkeypatch):
     assert entry["status"] == "ok" and entry["n_examples"] == 25
     assert entry["ci"][0] <= entry["difference"] <= entry["ci"][1]
     assert any("25 groups" in note for note in out["statistics"]["notes"])
+
+
+def test_a_target_without_test_examples_is_not_testable_not_identical(pm):
+    """Empty test sets make every cell's predictions 'equal' (there are none): that is no
+    evidence that two methods are the same model, and no break-even can be read off it."""
+    spec = make_spec(pm, ["target-only", "transfer"], seeds=(1, 2, 3), targets=("de",))
+    cells, stored = [], {}
+    for seed in (1, 2, 3):
+        for method in ("target-only", "transfer"):
+            c = cell(method, "de", 8, seed, float("nan"))
+            cells.append(c)
+            stored[(c["key"], "de")] = encode_predictions([], torch.zeros(0, dtype=torch.long),
+                                                          torch.zeros(0, CLASSES))  # fmt: skip
+    out = analyse(cells, spec, {"accuracy": accuracy(pm)}, lambda k, lang: stored.get((k, lang)))
+    entry = comparison(out, "transfer", "target-only", "de", 8)
+    assert entry["status"] == "not-testable" and "0 test example(s)" in entry["reason"]
+    assert out["summary"]["transfer"]["break_even"]["de"]["status"] == "undetermined"
+    assert any("de: 0 test example(s)" in n for n in out["statistics"]["notes"])
+    json.dumps(out, allow_nan=False)
+
+
+def test_infinite_values_make_comparisons_not_testable_without_crashing(pm):
+    """A diverged loss is infinite on some seeds (and on its source too): never evidence,
+    never a crash."""
+    spec = resolve_spec(
+        make_spec(pm, ["target-only", "joint"], seeds=(1, 2, 3), targets=("de",)).to_json()
+        | {"metrics": ["nll"], "main_metric": "nll"},
+        pm.registry,
+    )
+    grid = Grid(seed=9)
+    for seed in (1, 2, 3):
+        grid.add("target-only", "de", 8, seed, 0.4)
+        grid.add("joint", "de", 8, seed, 0.9)
+    nll = pm.registry.build("metrics", "nll", {})
+    for i, c in enumerate(grid.cells):
+        y, probs = decode(grid, c)
+        value = math.inf if i in (0, 3) else nll.compute(y, probs)  # +inf on two seeds
+        c["metrics"] = {"nll": value}
+        c["source_metrics"] = {"en": {"nll": -math.inf if i == 3 else 0.5}}
+    out = analyse(grid.cells, spec, {"nll": nll}, grid.predictions)
+    entry = comparison(out, "joint", "target-only", "de", 8)
+    assert entry["status"] == "not-testable" and "not finite" in entry["reason"]
+    assert out["summary"]["joint"]["by_shots"]["8"]["transfer_gap"] is None
+    json.dumps(out, allow_nan=False)

@@ -289,3 +289,33 @@ def test_a_lower_is_better_main_metric_reads_the_right_way_in_every_view(run_dir
     assert "target − source; lower is better" in gaps
     ranks_view = invoke("report", str(tmp_path / "run"), "--view", "ranks").output
     assert "nll (lower is better)" in ranks_view
+
+
+def test_marks_say_worse_only_when_a_test_said_so(run_dir):
+    """In a column whose best is starred, a method not shown to differ from the best still
+    gets '='; a method whose comparison with the best could not be made gets '?'; no mark
+    means significantly worse."""
+    from xleval_plugins.reporters import column_marks
+
+    report = read_report(run_dir)
+    means = {("joint", "de", 8): 0.9, ("target-only", "de", 8): 0.8, ("zero-shot", "de", 8): 0.5}
+    for a in report["aggregates"]:
+        key = (a["method"], a["target"], a["shots"])
+        if a["metric"] == "accuracy" and key in means:
+            a["mean"] = means[key]
+    outcome = {
+        frozenset(("joint", "target-only")): {"status": "ok", "significant": True},
+        frozenset(("joint", "zero-shot")): {"status": "ok", "significant": False},
+    }
+    for c in report["comparisons"]:
+        if (c["family"], c["target"], c["shots"]) == ("pairwise", "de", 8):
+            c.update(outcome.get(frozenset((c["a"], c["b"])), {}))
+    marks = column_marks(report)
+    assert marks[("joint", "de", 8)] == "*"
+    assert marks[("zero-shot", "de", 8)] == "="  # lower mean, yet not shown to differ
+    assert ("target-only", "de", 8) not in marks  # significantly worse than the best
+    for c in report["comparisons"]:
+        if (c["family"], c["target"], c["shots"]) == ("pairwise", "de", 8):
+            if frozenset((c["a"], c["b"])) == frozenset(("joint", "zero-shot")):
+                c.update(status="not-testable", significant=None, reason="test")
+    assert column_marks(report)[("zero-shot", "de", 8)] == "?"

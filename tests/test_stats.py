@@ -101,10 +101,25 @@ def test_identical_non_zero_differences_are_no_p_zero():
     estimate = seeds_and_examples(table.mean(axis=1), [table])
     assert estimate.seeds_part == 0.0 and estimate.examples_part > 0
     # one example in 100 differs: t = 1 on 99 df
-    assert estimate.p_value() == pytest.approx(2 * scipy_stats.t.sf(1.0, 99), rel=1e-9)
+    assert estimate.p_value() == pytest.approx(2 * scipy_stats.t.sf(1.0, 99), rel=1e-7)
     nothing = seeds_and_examples([0.0, 0.0, 0.0], [np.zeros((3, 50))])
     assert nothing.variance == 0.0 and nothing.p_value() == 1.0
     assert nothing.interval(0.95) == [0.0, 0.0]
+    constant = seeds_and_examples([1.0, 1.0], [np.ones((2, 50))])  # right everywhere
+    assert constant.testable and constant.p_value() is None  # nothing to test against
+
+
+def test_tied_seeds_with_varying_examples_are_not_tested():
+    """Two seeds whose differences tie exactly (+0.05 each) on different examples, and no
+    examples' part: the estimated variance is zero although the data vary, so there is
+    nothing to test against — not p = 0, not an interval of width zero."""
+    table = np.zeros((2, 200))
+    table[0, :10] = 1.0
+    table[1, 100:110] = 1.0
+    estimate = seeds_and_examples(table.mean(axis=1), [table])
+    assert not estimate.testable and "tie exactly" in estimate.reason
+    assert estimate.p_value() is None and estimate.interval(0.95) is None
+    assert estimate.conditional_p_value() < 0.05  # for these models alone, it is a difference
 
 
 # -- the seeds × examples estimate ---------------------------------------------------------
@@ -178,12 +193,15 @@ def test_several_test_sets_add_up():
 
 @pytest.mark.parametrize(
     ("per_seed", "table", "reason"),
-    [
+    [  # the last one overflows on purpose
         ([0.5], np.ones((1, 10)), "one seed"),
         ([0.5, float("nan")], np.ones((2, 10)), "not finite"),
         ([0.5, 0.6], np.ones((2, 1)), "1 test example"),
+        ([0.5, float("inf")], np.ones((2, 1)), "1 test example"),
+        ([1e200, -1e200], np.ones((2, 10)), "too large"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_what_cannot_be_tested_says_why(per_seed, table, reason):
     estimate = seeds_and_examples(per_seed, [table])
     assert not estimate.testable and reason in estimate.reason
@@ -194,44 +212,62 @@ def test_what_cannot_be_tested_says_why(per_seed, table, reason):
 # -- the Behrens–Fisher test -----------------------------------------------------------------
 
 
-def fiducial_by_quadrature(d: float, a: float, k: int, b: float, nu: float) -> float:
-    """The same p-value by adaptive quadrature (scipy.integrate.quad), as a reference."""
+def fiducial_by_quadrature(d: float, a: float, k: int, c: float, nu: float, r: float) -> float:
+    """The same p-value by adaptive quadrature (scipy.integrate.dblquad), as a reference."""
 
-    def integrand(log_w: float) -> float:
-        w = math.exp(log_w)
-        variance = a * k / w + b
-        df = nu * (variance / b) ** 2 if b > 0 else math.inf
-        tail = 2 * scipy_stats.t.sf(abs(d) / math.sqrt(variance), df)
-        return scipy_stats.chi2.pdf(w, k) * w * tail
+    def integrand(log_w2: float, log_w1: float) -> float:
+        w1, w2 = math.exp(log_w1), math.exp(log_w2)
+        variance = a * k / w1 + max(c * nu / w2 - r, 0.0)
+        density = scipy_stats.chi2.pdf(w1, k) * w1 * scipy_stats.chi2.pdf(w2, nu) * w2
+        return density * 2 * scipy_stats.norm.sf(abs(d) / math.sqrt(variance))
 
-    breaks = [math.log(k), -6.0, -4.0, -2.0, 0.0, 2.0]
-    return integrate.quad(integrand, -80, 12, limit=2000, epsrel=1e-12, points=breaks)[0]
+    return integrate.dblquad(integrand, -40, 8, -20, 9, epsabs=1e-11, epsrel=1e-8)[0]
 
 
 @pytest.mark.parametrize("k", [1, 2, 4, 9, 99])
-def test_fiducial_p_values_match_quadrature_and_the_limits(k):
-    for d, a, b in [(0.5, 1.0, 0.0), (3.0, 1.0, 0.5), (8.0, 0.2, 1.0), (40.0, 1.0, 1.0)]:
-        p = fiducial_p_values([d], [a], k, [b], [200.0])[0]
-        assert p == pytest.approx(fiducial_by_quadrature(d, a, k, b, 200.0), rel=1e-6, abs=1e-12)
-    # no example part: the t over seeds; no seed part: the t over examples
-    assert fiducial_p_values([2.5], [1.0], k, [0.0], [50.0])[0] == pytest.approx(
+def test_fiducial_p_values_are_exact_in_both_limits(k):
+    """No examples' part: the paired t over seeds; no seeds' part: the t over examples; a
+    known examples' part (infinite df): the one-dimensional integral over the seeds."""
+    assert fiducial_p_values([2.5], [1.0], k, [0.0], [50.0], [0.0])[0] == pytest.approx(
         2 * scipy_stats.t.sf(2.5, k), rel=1e-8
     )
-    assert fiducial_p_values([2.5], [0.0], k, [1.0], [50.0])[0] == pytest.approx(
+    assert fiducial_p_values([2.5], [0.0], k, [1.0], [50.0], [0.0])[0] == pytest.approx(
         2 * scipy_stats.t.sf(2.5, 50), rel=1e-8
     )
+
+    def one_dimensional(log_w: float) -> float:
+        w = math.exp(log_w)
+        tail = 2 * scipy_stats.norm.sf(3.0 / math.sqrt(0.7 * k / w + 0.5))
+        return scipy_stats.chi2.pdf(w, k) * w * tail
+
+    known = integrate.quad(one_dimensional, -80, 12, limit=500, epsrel=1e-10)[0]
+    p = fiducial_p_values([3.0], [0.7], k, [0.8], [math.inf], [0.3])[0]
+    assert p == pytest.approx(known, rel=1e-7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("d", "a", "k", "c", "nu", "r"),
+    [(3.0, 1.0, 2, 0.5, 9.0, 0.2), (2.0, 0.3, 4, 1.0, 29.0, 0.5), (6.0, 1.0, 2, 1.0, 4.0, 0.5)],
+)
+def test_fiducial_p_values_match_two_dimensional_quadrature(d, a, k, c, nu, r):
+    p = fiducial_p_values([d], [a], k, [c], [nu], [r])[0]
+    assert p == pytest.approx(fiducial_by_quadrature(d, a, k, c, nu, r), abs=3e-6)
 
 
 def test_half_widths_invert_the_p_values():
     a = np.array([1.0, 0.5, 0.0, 1e-6, 3.0])
-    b = np.array([0.0, 0.5, 1.0, 1.0, 0.1])
+    c = np.array([0.0, 0.5, 1.0, 1.0, 0.1])
     nu = np.array([30.0, 300.0, 300.0, 50.0, 10.0])
+    r = np.array([0.0, 0.1, 0.0, 0.5, 0.05])
     for alpha in (0.05, 0.01, 0.001):
-        half = fiducial_half_widths(a, 2, b, nu, alpha)
-        assert fiducial_p_values(half, a, 2, b, nu) == pytest.approx(alpha, rel=1e-9)
-    assert fiducial_half_widths([1.0], 2, [0.0], [9.0], 0.05)[0] == pytest.approx(
+        half = fiducial_half_widths(alpha, a, 2, c, nu, r)
+        assert fiducial_p_values(half, a, 2, c, nu, r) == pytest.approx(alpha, rel=1e-9)
+    assert fiducial_half_widths(0.05, [1.0], 2, [0.0], [9.0], [0.0])[0] == pytest.approx(
         scipy_stats.t.ppf(0.975, 2), rel=1e-9
     )
+    with pytest.raises(ValueError, match="alpha must be in"):
+        fiducial_half_widths(1e-15, [1.0], 2, [1.0], [50.0], [0.0])  # would never resolve
 
 
 def test_the_test_holds_its_level_in_the_tails_where_satterthwaite_does_not():
@@ -243,11 +279,27 @@ def test_the_test_holds_its_level_in_the_tails_where_satterthwaite_does_not():
     d = rng.normal(size=draws)
     a = (1 - rho) * rng.chisquare(k, draws) / k
     b = np.full(draws, rho)
-    fiducial = np.mean(fiducial_p_values(d, a, k, b, np.full(draws, math.inf)) <= alpha)
+    inf = np.full(draws, math.inf)
+    fiducial = np.mean(fiducial_p_values(d, a, k, b, inf, np.zeros(draws)) <= alpha)
     satterthwaite_df = (a + b) ** 2 / (a * a / k)
     welch = np.mean(2 * scipy_stats.t.sf(np.abs(d) / np.sqrt(a + b), satterthwaite_df) <= alpha)
     assert fiducial <= alpha * 1.3  # exact would be alpha; conservative is allowed
     assert welch > alpha * 3  # why the approximation is not used
+
+
+def test_the_level_holds_with_ten_seeds_on_ten_test_examples():
+    """The full two-way layout (normal theory) where the examples' part dominates and is
+    itself estimated from 9 degrees of freedom: treating it as known, or giving it fixed
+    degrees of freedom, over-rejects at small alpha; integrating it too does not."""
+    rng = np.random.default_rng(10)
+    draws, seeds, n, alpha = 15_000, 10, 10, 0.002  # fixed df 9 for it: 1.43 alpha here
+    y = rng.normal(size=(draws, 1, n)) + rng.normal(size=(draws, seeds, n))
+    tables = list(y)
+    rejections = sum(
+        (p := seeds_and_examples(t.mean(axis=1), [t]).p_value()) is not None and p <= alpha
+        for t in tables
+    )
+    assert rejections / draws <= alpha * 1.2
 
 
 # -- calibration by simulation, through the report's analysis ---------------------------------

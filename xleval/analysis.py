@@ -24,6 +24,7 @@ import numpy as np
 
 from xleval.spec import LEARNS_FROM_SOURCE, ExperimentSpec
 from xleval.stats import (
+    FEW_EXAMPLES,
     MAX_CALLED_UNITS,
     SeedsAndExamples,
     average_ranks,
@@ -32,6 +33,7 @@ from xleval.stats import (
     metric_form,
     paired_t_test,
     pseudo_values_by_calls,
+    safe_sum,
     seeds_and_examples,
     sign_flip_p_value,
     unit_groups,
@@ -144,11 +146,12 @@ def prepare_language(
     reference: list[str] | None = None
     reference_y: np.ndarray | None = None
     decoded: list[tuple[str, Mapping[str, Any], Any, Any]] = []
+    missing = 0
     for c, values in evaluated:
         where = f"{c['method']} {c['target']} k={c['shots']} seed={c['seed']} on {lang}"
         stored = predictions(c["key"], lang)
         if stored is None:
-            notes.append(f"{where}: no stored predictions; left out of intervals and tests")
+            missing += 1
             continue
         y, probs = decode_predictions(stored)
         ids = list(stored["ids"])
@@ -165,16 +168,34 @@ def prepare_language(
             notes.append(f"{where}: other test labels than the other cells'; left out")
             continue
         decoded.append((c["key"], values, y, probs))
+    if missing:
+        notes.append(
+            f"{missing} cell(s) evaluated on {lang} have no stored predictions: left out of "
+            "intervals and tests"
+        )
     if reference is None:
         return None
     out = LanguageValues(lang, len(reference))
+    if out.n_examples < 2:  # nothing to estimate a test-set variance from: values only
+        for key, values, _, _ in decoded:
+            for name in metrics:
+                if values.get(name) is not None:
+                    out.values[(key, name)] = np.full(out.n_examples, float(values[name]))
+        notes.append(f"{lang}: {out.n_examples} test example(s); nothing can be tested on it")
+        return out
+    if out.n_examples < FEW_EXAMPLES:
+        notes.append(
+            f"{lang}: {out.n_examples} test examples; with fewer than {FEW_EXAMPLES} the "
+            "examples' part of a variance rests on so few degrees of freedom that p-values "
+            "far below 0.01 (as Holm's correction uses) are not guaranteed to hold their level"
+        )
     forms: dict[tuple[str, str], Any] = {}
     slow: set[str] = set()
     for key, values, y, probs in decoded:
         out.digests[key] = hashlib.sha256(probs.numpy().tobytes()).hexdigest()
         for name, metric in metrics.items():
             value = values.get(name)
-            if value is None or not math.isfinite(value) or out.n_examples == 0:
+            if value is None or not math.isfinite(value):
                 continue
             form = metric_form(name, metric, y, probs, expected=value)
             forms[(key, name)] = form
@@ -190,10 +211,11 @@ def prepare_language(
                 else ""
             )
         )
+    failed: dict[str, str] = {}
     for key, values, y, probs in decoded:
         for name, metric in metrics.items():
             value = values.get(name)
-            if value is None or out.n_examples == 0:
+            if value is None or name in failed:
                 continue
             groups = unit_groups(out.n_examples, MAX_CALLED_UNITS) if name in slow else None
             if groups is not None:
@@ -203,11 +225,23 @@ def prepare_language(
                 continue
             form = forms[(key, name)]
             if form is None:
-                out.values[(key, name)] = pseudo_values_by_calls(metric, y, probs, value, groups)
+                try:
+                    pseudo = pseudo_values_by_calls(metric, y, probs, value, groups)
+                except Exception as exc:  # a plugin's metric: its failure costs its intervals
+                    failed[name] = f"{type(exc).__name__}: {exc}"
+                    continue
+                out.values[(key, name)] = pseudo
             else:
                 out.values[(key, name)] = form.pseudo_values(groups)
                 if groups is None and form.binary:
                     out.binary.add((key, name))
+    for name, error in failed.items():
+        notes.append(
+            f"metric '{name}' on {lang} failed with an example left out ({error}): no "
+            "intervals or tests on it"
+        )
+        for key in [k for k in out.values if k[1] == name]:
+            del out.values[key]
     return out
 
 
@@ -223,7 +257,11 @@ class Term:
 
     def value(self, seed: int, metric: str) -> float | None:
         cell = self.cells[seed]
-        values = cell["source_metrics"].get(self.lang, {}) if self.on_source else cell["metrics"]
+        values = (
+            (cell.get("source_metrics") or {}).get(self.lang, {})
+            if self.on_source
+            else cell["metrics"]
+        )
         return values.get(metric)
 
 
@@ -243,7 +281,7 @@ class Estimator:
             parts = [t.value(s, metric) for t in terms]
             if any(p is None for p in parts):
                 return seeds, None
-            per_seed.append(math.fsum(t.weight * p for t, p in zip(terms, parts, strict=True)))
+            per_seed.append(safe_sum(t.weight * p for t, p in zip(terms, parts, strict=True)))
         if not seeds:
             return seeds, None
         tables: dict[str, np.ndarray] = {}
@@ -263,7 +301,7 @@ class Estimator:
     def identical(self, lang: str, a: Mapping[int, dict], b: Mapping[int, dict], seeds) -> bool:
         """Whether two methods made exactly the same predictions on every seed."""
         lv = self.languages.get(lang)
-        if lv is None or not seeds:
+        if lv is None or lv.n_examples == 0 or not seeds:
             return False
         pairs = [(lv.digests.get(a[s]["key"]), lv.digests.get(b[s]["key"])) for s in seeds]
         return all(x is not None and x == y for x, y in pairs)
@@ -501,7 +539,7 @@ class Comparer:
                 ),
             }
         diffs = [by_a[s]["metrics"][metric] - by_b[s]["metrics"][metric] for s in seeds]
-        entry["difference"] = _finite_or_none(math.fsum(diffs) / len(diffs))
+        entry["difference"] = _finite_or_none(safe_sum(diffs) / len(diffs))
         entry["p_seeds"] = _finite_or_none(paired_t_test(diffs))
         if self.estimator.identical(target, by_a, by_b, seeds):
             return entry | {
@@ -624,8 +662,8 @@ def _per_seed_mean(terms: Sequence[Term], metric: str) -> float | None:
         parts = [t.value(s, metric) for t in terms]
         if any(p is None for p in parts):
             continue
-        values.append(math.fsum(t.weight * p for t, p in zip(terms, parts, strict=True)))
-    return _finite_or_none(math.fsum(values) / len(values)) if values else None
+        values.append(safe_sum(t.weight * p for t, p in zip(terms, parts, strict=True)))
+    return _finite_or_none(safe_sum(values) / len(values)) if values else None
 
 
 def wins_ties_losses(
@@ -757,7 +795,7 @@ def summarize(
     labels = [m.label for m in spec.methods]
     ok = {col: ok_by_seed(cs, metric) for col, cs in columns.items()}
     means = {
-        col: math.fsum(c["metrics"][metric] for c in by.values()) / len(by)
+        col: safe_sum(c["metrics"][metric] for c in by.values()) / len(by)
         for col, by in ok.items()
         if by
     }
@@ -791,7 +829,7 @@ def summarize(
             score_terms = [Term(1.0 / len(targets), t, ok[(label, t, shots)]) for t in targets]
             row: dict[str, Any] = {
                 "score": _finite_or_none(
-                    math.fsum(means[(label, t, shots)] for t in targets) / len(targets)
+                    safe_sum(means[(label, t, shots)] for t in targets) / len(targets)
                 ),
                 "score_ci": interval(score_terms),
                 "per_target": per_target,

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,11 +150,19 @@ def average_ranks(values: Sequence[float], higher_is_better: bool = True) -> lis
 
 #: Degrees of freedom of an estimate with no uncertainty (the normal distribution).
 MAX_DF = math.inf
-#: Points of the integration grid over the seeds' variance (see :func:`fiducial_p_values`):
-#: the trapezoid rule on a log scale is then accurate to about 1e-12 in absolute terms.
-GRID_POINTS = 256
-#: The grid covers the chi-square distribution but for this mass in each tail.
+#: Integration points over the seeds' variance and over the examples' mean square (see
+#: :func:`fiducial_p_values`): accurate to about 1e-7 in absolute terms (more points where
+#: seeds or test examples are so few that their chi-square spreads far on a log scale).
+SEEDS_POINTS = 96
+EXAMPLES_POINTS = 48
+#: Each grid covers its chi-square distribution but for this mass in each tail.
 GRID_TAIL = 1e-14
+#: The smallest significance level a p-value is resolved to (1 - confidence may not be
+#: smaller: the specs' schema caps confidence at 0.9999).
+MIN_ALPHA = 1e-9
+#: Below this many test examples the examples' part rests on too few degrees of freedom for
+#: p-values far below 0.01 to be trusted (benchmarks/README.md, normal theory).
+FEW_EXAMPLES = 10
 
 
 @dataclass(frozen=True)
@@ -162,26 +170,25 @@ class SeedsAndExamples:
     """A mean over seeds of a quantity measured on test examples, and its uncertainty over
     new seeds *and* new test examples drawn like these.
 
-    Its variance has two parts: ``seeds_part`` = var(per-seed values) / S, estimated from
-    ``seeds_df`` = S − 1 degrees of freedom (training randomness, plus the test noise that
-    differs between seeds), and ``examples_part``, what every seed shares (how the test
-    examples themselves move the quantity), estimated from the examples' mean square with
-    ``examples_df`` = n − 1 degrees of freedom (Satterthwaite's approximation over several
-    test sets). Its other term, the residual mean square, has (S − 1)(n − 1) and is taken
-    as known: Satterthwaite's formula applied to the difference itself would give a
-    difference near zero almost no degrees of freedom, and with them absurdly heavy tails.
-    ``conditional`` is the variance over new test examples for these trained models only
-    (the seeds held fixed). ``reason`` says why nothing can be claimed (one seed, a
-    non-finite value, fewer than two test examples); then ``interval`` and ``p_value`` are
-    None.
+    In the two-way layout y[s, i] = μ + α_s + β_i + ε_si its variance is
+    (E_seeds + E_examples − E_residual) / (S n) in expected mean squares. ``seeds_part`` =
+    var(per-seed values) / S estimates E_seeds / (S n) from ``seeds_df`` = S − 1 degrees of
+    freedom (training randomness plus the test noise that differs between seeds).
+    ``examples_part`` = ``examples_ms`` − ``residual`` estimates what every seed shares, how
+    the test examples themselves move the quantity: ``examples_ms`` = MS_examples / (S n)
+    on ``examples_df`` = n − 1 degrees of freedom (Satterthwaite's over several test sets),
+    ``residual`` = MS_residual / (S n) on (S − 1)(n − 1), taken as known; test sets whose
+    examples' part comes out negative contribute nothing. ``conditional`` is the variance
+    over new test examples for these trained models only (the seeds held fixed).
+    ``reason`` says why nothing can be claimed (one seed, a non-finite value, fewer than
+    two test examples, ties that leave no variance to test against); then ``interval`` and
+    ``p_value`` are None.
 
-    Tests and intervals treat the two parts as Behrens and Fisher treated two variances:
-    the seeds' variance, estimated from few degrees of freedom, is integrated over its
-    fiducial distribution (:func:`fiducial_p_values`). With no example part this is exactly
-    the paired t over seeds; with no seed spread, the t-test of the examples' part. In
-    between it holds its level at every mix and every level (Satterthwaite's approximate
-    degrees of freedom do not: with 3 seeds they reject up to 16× too often at alpha =
-    0.001), at the price of some conservatism there.
+    Tests and intervals treat the two estimated parts as Behrens and Fisher treated two
+    variances (:func:`fiducial_p_values`): exact in both limits (only the seeds' part: the
+    paired t over seeds; only the examples' part: the t over examples) and never above
+    alpha in between, at any level, where Satterthwaite's approximate degrees of freedom
+    reject up to 16 times too often at alpha = 0.001 with three seeds.
     """
 
     mean: float
@@ -189,11 +196,16 @@ class SeedsAndExamples:
     n_examples: int
     seeds_part: float
     seeds_df: float
-    examples_part: float
+    examples_ms: float
     examples_df: float
+    residual: float
     conditional: float
     conditional_df: float
     reason: str | None = None
+
+    @property
+    def examples_part(self) -> float:
+        return max(0.0, self.examples_ms - self.residual)
 
     @property
     def variance(self) -> float:
@@ -206,37 +218,30 @@ class SeedsAndExamples:
     def p_value(self) -> float | None:
         """Two-sided p-value that the quantity's true value (over seeds and examples) is 0.
 
-        With no variation at all (every per-example value the same on every seed) there is
-        nothing to test against: 1.0 if the value is 0, else None.
-        """
+        With no variation at all (the same per-example value on every seed and example)
+        there is nothing to test against: 1.0 if the value is 0, else None."""
         if not self.testable:
             return None
         if self.variance == 0.0:
             return 1.0 if self.mean == 0.0 else None
-        return float(
-            fiducial_p_values(
-                [self.mean],
-                [self.seeds_part],
-                self.seeds_df,
-                [self.examples_part],
-                [self.examples_df],
-            )[0]
-        )
+        return float(self._call(fiducial_p_values, [self.mean])[0])
 
     def interval(self, confidence: float) -> list[float] | None:
         """The interval of the test above: the values it would not reject at 1 − confidence."""
         if not self.testable:
             return None
-        half = float(
-            fiducial_half_widths(
-                [self.seeds_part],
-                self.seeds_df,
-                [self.examples_part],
-                [self.examples_df],
-                1.0 - confidence,
-            )[0]
-        )
+        half = float(self._call(fiducial_half_widths, 1.0 - confidence)[0])
         return [self.mean - half, self.mean + half]
+
+    def _call(self, function: Callable[..., np.ndarray], first: Any) -> np.ndarray:
+        return function(
+            first,
+            [self.seeds_part],
+            self.seeds_df,
+            [self.examples_ms],
+            [self.examples_df],
+            [self.residual],
+        )
 
     def conditional_interval(self, confidence: float) -> list[float] | None:
         """Student-t interval over new test examples, for these trained models only."""
@@ -257,123 +262,205 @@ class SeedsAndExamples:
         return t_p_value(self.mean / math.sqrt(self.conditional), self.conditional_df)
 
 
-@functools.lru_cache(maxsize=64)
-def _fiducial_grid(seeds_df: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """Points w of the chi-square(seeds_df) distribution, their integration weights
-    (density × dw, trapezoid rule on a log scale) and the mass left below the grid."""
+@functools.lru_cache(maxsize=8)
+def _gauss_legendre(points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes and weights on [0, 1]."""
+    nodes, weights = np.polynomial.legendre.leggauss(points)
+    return (nodes + 1.0) / 2.0, weights / 2.0
+
+
+def _chi_square_grid(
+    df: np.ndarray, points: int, upper: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per degrees of freedom (array [m]): points W [m, points] of the chi-square(df)
+    distribution divided by df, and integration weights [m, points] (density · dW) that sum
+    to its mass on the grid. Without ``upper``: the trapezoid rule on a log scale over the
+    whole distribution (but GRID_TAIL in each tail), exponentially accurate for the smooth
+    integrands here. With ``upper`` (W / df, per row): Gauss-Legendre on a log scale up to
+    that cut, so that an integrand with a kink there is still integrated accurately.
+    Infinite df: the one point W / df = 1, weight 1 (0 where it lies above the cut)."""
     from scipy import special
 
-    k = float(seeds_df)
-    low = math.log(float(special.chdtri(k, 1.0 - GRID_TAIL)))
-    high = math.log(float(special.chdtri(k, GRID_TAIL)))
-    logs = np.linspace(low, high, GRID_POINTS)
+    df = np.asarray(df, dtype=np.float64)
+    finite = np.isfinite(df)
+    k = np.where(finite, df, 1.0)
+    low = np.log(special.chdtri(k, 1.0 - GRID_TAIL))
+    high = np.log(special.chdtri(k, GRID_TAIL))
+    if upper is None:
+        steps = np.linspace(0.0, 1.0, points)
+        trapezoid = np.full(points, 1.0 / (points - 1))
+        trapezoid[[0, -1]] /= 2.0
+    else:
+        with np.errstate(divide="ignore"):
+            high = np.maximum(np.minimum(high, np.log(np.asarray(upper) * k)), low)
+        steps, trapezoid = _gauss_legendre(points)
+    logs = low[:, None] + (high - low)[:, None] * steps[None, :]
     w = np.exp(logs)
-    density = np.exp(
-        (k / 2.0 - 1.0) * logs - w / 2.0 - (k / 2.0) * math.log(2.0) - special.gammaln(k / 2.0)
+    log_density = (
+        (k[:, None] / 2.0 - 1.0) * logs
+        - w / 2.0
+        - (k[:, None] / 2.0) * math.log(2.0)
+        - special.gammaln(k[:, None] / 2.0)
     )
-    weights = density * w * (logs[1] - logs[0])
-    weights[[0, -1]] /= 2.0
-    return w, weights, GRID_TAIL
+    weights = np.exp(log_density) * w * (high - low)[:, None] * trapezoid[None, :]
+    scaled = w / k[:, None]
+    scaled[~finite] = 1.0
+    weights[~finite] = 0.0
+    inside = ~finite if upper is None else ~finite & (np.asarray(upper) >= 1.0)
+    weights[inside, 0] = 1.0
+    return scaled, weights
+
+
+@functools.lru_cache(maxsize=64)
+def _seeds_grid(seeds_df: float) -> tuple[np.ndarray, np.ndarray]:
+    points = SEEDS_POINTS if seeds_df >= 2 else 3 * SEEDS_POINTS
+    scaled, weights = _chi_square_grid(np.array([seeds_df]), points)
+    return scaled[0], weights[0]
+
+
+class _Fiducial:
+    """The fiducial integrals of :func:`fiducial_p_values` for a batch of estimates: the
+    standard deviation and weight of every (seeds, examples) grid point, computed once so
+    that a root search only re-evaluates the normal tails."""
+
+    def __init__(
+        self, a: np.ndarray, seeds_df: float, c: np.ndarray, nu: np.ndarray, r: np.ndarray
+    ) -> None:
+        from scipy import special
+
+        seeds_w, seeds_weights = _seeds_grid(float(seeds_df))
+        # the examples' variance c ν / W₂ − r is 0 from W₂ / ν = c / r on (a kink a grid
+        # would blur): integrate below it on the grid and add the mass above as one point
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kink = np.where(r > 0, c / np.where(r > 0, r, 1.0), 1e300)
+        # few examples: a chi-square with few df spreads far on a log scale; more points
+        points = EXAMPLES_POINTS if np.all(nu >= 8) else 4 * EXAMPLES_POINTS
+        below_w, below_weights = _chi_square_grid(nu, points, upper=kink)
+        finite = np.isfinite(nu)
+        k = np.where(finite, nu, 1.0)
+        above = np.where(finite, special.chdtrc(k, np.minimum(kink, 1e300) * k), kink < 1.0)
+        examples_var = np.maximum(c[:, None] / below_w - r[:, None], 0.0)
+        examples_var = np.concatenate([examples_var, np.zeros((len(a), 1))], axis=1)
+        examples_weights = np.concatenate([below_weights, above[:, None]], axis=1)
+        self.scale = np.sqrt(a[:, None, None] / seeds_w[None, :, None] + examples_var[:, None, :])
+        self.weights = seeds_weights[None, :, None] * examples_weights[:, None, :]
+
+    def tails(self, d: np.ndarray, slope: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """P(|D| ≥ |d|) per estimate (the grids' left-out mass counted as rejecting
+        nothing) and, if asked, its derivative in d."""
+        from scipy import special
+
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(self.scale > 0, np.abs(d)[:, None, None] / self.scale, np.inf)
+        tails = np.minimum(1.0, np.sum(2.0 * special.ndtr(-z) * self.weights, axis=(1, 2)))
+        tails = np.minimum(1.0, tails + 2.0 * GRID_TAIL)
+        if not slope:
+            return tails, None
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            density = np.where(
+                self.scale > 0,
+                np.exp(-0.5 * z * z) / (math.sqrt(2.0 * math.pi) * self.scale),
+                0.0,
+            )
+        return tails, -2.0 * np.sum(density * self.weights, axis=(1, 2))
+
+
+#: Estimates integrated together (bounds the grids' memory: about 40 kB an estimate).
+FIDUCIAL_CHUNK = 256
 
 
 def fiducial_p_values(
     differences: Sequence[float],
     seeds_parts: Sequence[float],
     seeds_df: float,
-    examples_parts: Sequence[float],
+    examples_ms: Sequence[float],
     examples_dfs: Sequence[float],
+    residuals: Sequence[float],
 ) -> np.ndarray:
-    """Two-sided p-values that each true mean is 0: P(|D| ≥ |d|) where D / sqrt(a k / W + b)
-    is Student's t, W ~ χ²_k (Behrens and Fisher's fiducial argument).
+    """Two-sided p-values that each true mean is 0, integrating both estimated parts of the
+    variance over their fiducial distributions (Behrens and Fisher):
 
-    ``a`` (``seeds_parts``) is the variance of the mean from the seeds' spread, estimated
-    from k = ``seeds_df`` degrees of freedom; ``b`` the examples' part, estimated from ν =
-    ``examples_dfs``. The seeds' variance a k / W is integrated over its fiducial
-    distribution on a fixed grid (:data:`GRID_POINTS`, accurate to about 1e-12); at each
-    point the t has Satterthwaite's df for b alone, ν (1 + a k / (W b))²: ν where the
-    examples' part is everything, the normal where it is nothing (then the result is the
-    paired t over seeds exactly). The mass beyond the grid's low end counts as p = 1.
+        P(|Z| ≥ |d| / sqrt(a k / W₁ + max(c ν / W₂ − r, 0))),  W₁ ~ χ²ₖ, W₂ ~ χ²_ν
+
+    ``a``: the seeds' part, on k = ``seeds_df`` degrees of freedom; ``c``: the examples' mean
+    square part (``examples_ms``) on ν = ``examples_dfs``; ``r``: the residual part, taken
+    as known. Two limits are exact: c = 0 gives the paired t over seeds, a = r = 0 the t
+    over examples. Fixed grids (:data:`SEEDS_POINTS` × :data:`EXAMPLES_POINTS`), accurate to
+    about 1e-7; the mass beyond them counts as p = 1.
     """
     d = np.abs(np.asarray(differences, dtype=np.float64))
-    a = np.broadcast_to(np.asarray(seeds_parts, dtype=np.float64), d.shape)
-    b = np.broadcast_to(np.asarray(examples_parts, dtype=np.float64), d.shape)
-    nu = np.broadcast_to(np.asarray(examples_dfs, dtype=np.float64), d.shape)
-    return _fiducial_tail_and_slope(d, a, seeds_df, b, nu, slope=False)[0]
-
-
-def _fiducial_tail_and_slope(
-    d: np.ndarray,
-    a: np.ndarray,
-    seeds_df: float,
-    b: np.ndarray,
-    nu: np.ndarray,
-    slope: bool = True,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`fiducial_p_values` at |d| (arrays of one shape) and its derivative in d."""
-    from scipy import special
-
-    w, weights, below = _fiducial_grid(seeds_df)
-    seeds_var = a[:, None] * seeds_df / w[None, :]
-    variance = seeds_var + b[:, None]
-    scale = np.sqrt(variance)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        df = np.where(b[:, None] > 0, nu[:, None] * (variance / b[:, None]) ** 2, np.inf)
-        z = np.where(scale > 0, d[:, None] / scale, np.inf)
-    tails = np.minimum(1.0, 2.0 * special.stdtr(df, -z) @ weights + below)
-    if not slope:
-        return tails, None
-    finite = np.isfinite(df) & (df < 1e12)
-    safe = np.where(finite, df, 1.0)
-    log_t = (
-        special.gammaln((safe + 1.0) / 2.0)
-        - special.gammaln(safe / 2.0)
-        - 0.5 * np.log(safe * math.pi)
-        - (safe + 1.0) / 2.0 * np.log1p(z * z / safe)
-    )
-    log_normal = -0.5 * z * z - 0.5 * math.log(2.0 * math.pi)
-    density = np.exp(np.where(finite, log_t, log_normal))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per_point = np.where(scale > 0, density / scale, 0.0)
-    return tails, -2.0 * per_point @ weights
+    columns = [
+        np.broadcast_to(np.asarray(v, dtype=np.float64), d.shape)
+        for v in (seeds_parts, examples_ms, examples_dfs, residuals)
+    ]
+    out = np.empty(d.shape)
+    for start in range(0, len(d), FIDUCIAL_CHUNK):
+        part = slice(start, start + FIDUCIAL_CHUNK)
+        a, c, nu, r = (v[part] for v in columns)
+        out[part] = _Fiducial(a, seeds_df, c, nu, r).tails(d[part])[0]
+    return out
 
 
 def fiducial_half_widths(
+    alpha: float,
     seeds_parts: Sequence[float],
     seeds_df: float,
-    examples_parts: Sequence[float],
+    examples_ms: Sequence[float],
     examples_dfs: Sequence[float],
-    alpha: float,
+    residuals: Sequence[float],
 ) -> np.ndarray:
     """Half-widths h with :func:`fiducial_p_values` (h) = alpha: the interval mean ± h holds
-    every value the test would not reject. Newton's method kept inside a bracket that every
-    step narrows (bisection where a step would leave it), vectorised."""
-    a = np.asarray(seeds_parts, dtype=np.float64)
-    b = np.asarray(examples_parts, dtype=np.float64)
-    nu = np.asarray(examples_dfs, dtype=np.float64)
-    if a.size == 0:
-        return np.zeros(0)
-    low = np.zeros_like(a)
-    quantile_b = np.array([t_quantile(1.0 - alpha / 2.0, v) for v in nu])
-    high = np.sqrt(a) * t_quantile(1.0 - alpha / 2.0, seeds_df) + np.sqrt(b) * quantile_b
-    high = np.maximum(high, 1e-300)
-    while True:  # widen until the bracket holds the solution
-        short = fiducial_p_values(high, a, seeds_df, b, nu) > alpha
-        if not short.any():
-            break
-        high = np.where(short, high * 2.0, high)
-    h = high.copy()
-    for _ in range(100):
-        tails, slope = _fiducial_tail_and_slope(h, a, seeds_df, b, nu)
-        above = tails > alpha
-        low = np.where(above, h, low)
-        high = np.where(above, high, h)
+    every value the test would not reject. Newton's method from Satterthwaite's
+    approximation, kept inside a bracket that every step narrows (bisection where a step
+    would leave it), vectorised."""
+    if not MIN_ALPHA <= alpha < 1.0:
+        raise ValueError(f"alpha must be in [{MIN_ALPHA}, 1), got {alpha}")
+    a_all = np.asarray(seeds_parts, dtype=np.float64)
+    c_all = np.asarray(examples_ms, dtype=np.float64)
+    nu_all = np.asarray(examples_dfs, dtype=np.float64)
+    r_all = np.asarray(residuals, dtype=np.float64)
+    out = np.zeros(a_all.shape)
+    for start in range(0, len(a_all), FIDUCIAL_CHUNK):
+        part = slice(start, start + FIDUCIAL_CHUNK)
+        a, c, nu, r = a_all[part], c_all[part], nu_all[part], r_all[part]
+        fiducial = _Fiducial(a, seeds_df, c, nu, r)
+        b = np.maximum(c - r, 0.0)
+        variance = a + b
         with np.errstate(divide="ignore", invalid="ignore"):
-            step = h - (tails - alpha) / slope
-        inside = np.isfinite(step) & (step > low) & (step < high)
-        h = np.where(inside, step, (low + high) / 2.0)
-        if np.all((high - low <= 1e-12 * high) | (np.abs(tails - alpha) <= 1e-13 * alpha)):
-            break
-    return h
+            df = np.where(
+                variance > 0,
+                variance**2 / (a * a / seeds_df + np.where(np.isfinite(nu), b * b / nu, 0.0)),
+                1.0,
+            )
+        guess = np.array([t_quantile(1.0 - alpha / 2.0, max(v, 1.0)) for v in df]) * np.sqrt(
+            variance
+        )
+        low = np.zeros_like(a)
+        high = np.maximum(2.0 * guess, 1e-300)
+        for _ in range(200):  # widen until the bracket holds the solution
+            short = fiducial.tails(high)[0] > alpha
+            if not short.any():
+                break
+            low = np.where(short, high, low)
+            high = np.where(short, high * 2.0, high)
+        h = np.clip(guess, low, high)
+        done = variance == 0.0
+        for _ in range(100):
+            tails, slope = fiducial.tails(h, slope=True)
+            done = done | (np.abs(tails - alpha) <= 1e-12 * alpha)
+            if done.all():
+                break
+            above = tails > alpha
+            low = np.where(above, h, low)
+            high = np.where(above, high, h)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                step = h - (tails - alpha) / slope
+            inside = np.isfinite(step) & (step >= low) & (step <= high)
+            moved = np.where(inside, step, (low + high) / 2.0)
+            done = done | (high - low <= 1e-12 * high)
+            h = np.where(done, h, moved)
+        out[part] = np.where(variance == 0.0, 0.0, h)
+    return out
 
 
 def _mean_squares(table: np.ndarray) -> tuple[float, float, int]:
@@ -396,6 +483,15 @@ def _satterthwaite(terms: Sequence[tuple[float, float]]) -> float:
     return MAX_DF if spread == 0.0 else min(MAX_DF, total * total / spread)
 
 
+def safe_sum(values: Iterable[float]) -> float:
+    """math.fsum, or NaN where it cannot add (inf − inf, overflow)."""
+    values = list(values)
+    try:
+        return math.fsum(values)
+    except (ValueError, OverflowError):
+        return float("nan")
+
+
 def seeds_and_examples(per_seed: Sequence[float], tables: Sequence[np.ndarray]) -> SeedsAndExamples:
     """The mean over seeds of ``per_seed`` and its variance over new seeds and test examples.
 
@@ -405,43 +501,41 @@ def seeds_and_examples(per_seed: Sequence[float], tables: Sequence[np.ndarray]) 
     (language), each already multiplied by its language's weight in the quantity: for a
     difference, the difference of the two methods' values; for a mean over T targets, each
     target's values / T. Rows are seeds in the order of ``per_seed``.
-
-    In the two-way layout y[s, i] = μ + α_s + β_i + ε_si the mean's variance is
-    σ²_α/S + σ²_β/n + σ²_ε/(S n). The seeds' part var(per_seed)/S estimates σ²_α/S +
-    σ²_ε/(S n); each table adds σ²_β/n as (MS_examples − MS_residual)/(S n), truncated at 0.
     """
     values = np.asarray(per_seed, dtype=np.float64)
     seeds = len(values)
     if seeds == 0:
         raise ValueError("no seeds")
-    mean = float(math.fsum(values) / seeds) if _finite(values) else float("nan")
     tables = [np.asarray(t, dtype=np.float64) for t in tables]
     for table in tables:
         if table.ndim != 2 or table.shape[0] != seeds:
             raise ValueError(f"a table of shape {table.shape} does not have {seeds} seed rows")
+    mean = safe_sum(values) / seeds if _finite(values) else float("nan")
     n_examples = min((t.shape[1] for t in tables), default=0)
     nan = float("nan")
 
     def undefined(reason: str, conditional: float = nan, cdf: float = nan) -> SeedsAndExamples:
         return SeedsAndExamples(
-            mean, seeds, n_examples, nan, nan, nan, nan, conditional, cdf, reason
+            mean, seeds, n_examples, nan, nan, nan, nan, nan, conditional, cdf, reason
         )
 
-    if not _finite(values) or not all(_finite(t) for t in tables):
-        return undefined("a value is not finite (NaN or infinite)")
     if not tables:
         return undefined("no per-example values (no stored predictions)")
     if n_examples < 2:
         return undefined(f"{n_examples} test example(s): no test-set variance to estimate")
+    if not _finite(values) or not all(_finite(t) for t in tables):
+        return undefined("a value is not finite (NaN or infinite)")
 
     conditional_terms = []
-    examples_part = 0.0
+    included: list[tuple[float, float, int]] = []  # (examples part, residual part, n)
+    varied = False
     for table in tables:
         ms_examples, ms_residual, n = _mean_squares(table)
         scale = 1.0 / (seeds * n)
         conditional_terms.append((ms_examples * scale, n - 1))
-        if seeds >= 2:
-            examples_part += max(0.0, (ms_examples - ms_residual) * scale)
+        varied = varied or bool(np.ptp(table) > 0)
+        if seeds >= 2 and ms_examples > ms_residual:
+            included.append((ms_examples * scale, ms_residual * scale, n))
     conditional = math.fsum(v for v, _ in conditional_terms)
     conditional_df = _satterthwaite(conditional_terms)
     if seeds < 2:
@@ -450,14 +544,27 @@ def seeds_and_examples(per_seed: Sequence[float], tables: Sequence[np.ndarray]) 
             conditional,
             conditional_df,
         )
+    seeds_part = float(np.var(values, ddof=1)) / seeds
+    examples_ms = math.fsum(e for e, _, _ in included)
+    residual = math.fsum(r for _, r, _ in included)
+    if not math.isfinite(seeds_part + examples_ms):
+        return undefined("the values are too large for their variance to be computed")
+    if seeds_part + examples_ms - residual == 0.0 and varied:
+        return undefined(
+            "the seeds' values tie exactly and the examples add no variance, although the "
+            "per-example values vary: nothing to test against (more seeds would break the tie)",
+            conditional,
+            conditional_df,
+        )
     return SeedsAndExamples(
         mean=mean,
         n_seeds=seeds,
         n_examples=n_examples,
-        seeds_part=float(np.var(values, ddof=1)) / seeds,
+        seeds_part=seeds_part,
         seeds_df=float(seeds - 1),
-        examples_part=examples_part,
-        examples_df=conditional_df,
+        examples_ms=examples_ms,
+        examples_df=_satterthwaite([(e, n - 1) for e, _, n in included]) if included else MAX_DF,
+        residual=residual,
         conditional=conditional,
         conditional_df=conditional_df,
     )
