@@ -315,7 +315,8 @@ def test_marks_say_worse_only_when_a_test_said_so(run_dir):
     assert marks[("zero-shot", "de", 8)] == "="  # lower mean, yet not shown to differ
     assert ("target-only", "de", 8) not in marks  # significantly worse than the best
     for c in report["comparisons"]:
-        if (c["family"], c["target"], c["shots"]) == ("pairwise", "de", 8):
-            if frozenset((c["a"], c["b"])) == frozenset(("joint", "zero-shot")):
-                c.update(status="not-testable", significant=None, reason="test")
+        if (c["family"], c["target"], c["shots"]) == ("pairwise", "de", 8) and frozenset(
+            (c["a"], c["b"])
+        ) == frozenset(("joint", "zero-shot")):
+            c.update(status="not-testable", significant=None, reason="test")
     assert column_marks(report)[("zero-shot", "de", 8)] == "?"
