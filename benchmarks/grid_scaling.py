@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def child(request: dict[str, Any]) -> dict[str, Any]:
     """One ``xleval run``, phase by phase (what xleval.cli_run does)."""
     started = time.perf_counter()
+    from xleval.dataset_rules import load_dataset
     from xleval.plugins import get_plugin_manager
     from xleval.report import build_report, write_report
     from xleval.runner import run_cells, write_predictions
@@ -76,7 +77,7 @@ def child(request: dict[str, Any]) -> dict[str, Any]:
         raw["executor"] = {"name": "processes", "options": {"workers": request["workers"]}}
     spec = resolve_spec(raw, pm.registry, source=request["spec"])
     executor = pm.registry.build("executors", spec.executor.name, spec.executor.options)
-    dataset = pm.registry.build("datasets", spec.dataset.name, spec.dataset.options).load()
+    dataset = load_dataset(pm.registry, spec.dataset.name, spec.dataset.options)
     run_dir = Path(request["run_dir"])
     phases = {"startup": time.perf_counter() - started}
 

@@ -99,18 +99,44 @@ def warm_forkserver() -> str:
     return "forkserver"
 
 
-def _prepare_worker(threads: int, task: Any, dataset_file: str | None) -> None:
-    """Runs on every worker before the first task: its torch threads, and on this machine
-    the driver's dataset, read from ``dataset_file`` (0.06 s, where loading the bundled
-    dataset by name parses it for 0.5 s before the worker's first task)."""
+def _prepare_worker(
+    threads: int, task: Any, dataset_file: str | None, dask_worker: Any = None
+) -> None:
+    """Runs on every worker before the first task: names the worker in its cells'
+    provenance, refuses it if its code or environment differs from the driver's in what
+    enters the cache keys (``CellTask.check_worker``), sets its torch threads, and on this
+    machine installs the driver's dataset from ``dataset_file`` (0.06 s, where loading the
+    bundled dataset by name parses it for 0.5 s before the worker's first task)."""
+    from xleval.provenance import set_worker_label
     from xleval.training import set_thread_budget
 
+    if dask_worker is not None:  # client.run passes the worker it runs on
+        set_worker_label(dask_worker.address)
+    getattr(task, "check_worker", lambda: None)()
     set_thread_budget(threads)
     if dataset_file is not None:
         import pickle
 
         with open(dataset_file, "rb") as file:
             task.state(pickle.load(file))  # our own file, written by _write_dataset
+
+
+def refused_workers(outcomes: dict[str, Any]) -> list[str]:
+    """One line per worker whose preparation failed: a mismatch names what differs; any
+    other failure (xleval or a plugin not importable there, say) names the exception."""
+    lines = []
+    for address, outcome in sorted(outcomes.items()):
+        if not isinstance(outcome, BaseException):
+            continue
+        text = str(outcome)
+        if not text.startswith("worker "):
+            kind = type(outcome).__name__
+            # dask may hand a worker's exception back as a plain Exception of its repr
+            text = f"worker {address}: {text if kind == 'Exception' else f'{kind}: {text}'}"
+            if "No module named" in text:
+                text += " (install xleval and the spec's plugins on every worker)"
+        lines.append(text)
+    return lines
 
 
 def _write_dataset(dataset: Any) -> str:
@@ -234,9 +260,21 @@ class DaskExecutor:
             # Each worker thread trains with this many torch threads: more would
             # oversubscribe the cores that the worker processes share (training time
             # doubled in benchmarks/grid_scaling.py without this).
-            client.run(
-                _prepare_worker, self.threads_per_worker, fn, next(iter(dataset_file), None)
+            outcomes = client.run(
+                _prepare_worker,
+                self.threads_per_worker,
+                fn,
+                next(iter(dataset_file), None),
+                on_error="return",
             )
+            refused = refused_workers(outcomes)
+            if refused:
+                raise DaskExecutorError(
+                    f"{len(refused)} of {len(outcomes)} dask workers cannot compute these cells "
+                    "as this machine would (their results would differ or be cached under "
+                    "keys they do not match); fix or remove them:\n"
+                    + "\n".join(f"  {line}" for line in refused)
+                )
             dataset = None
             if portable is not None:
                 # keyed by the dataset's fingerprint: dask's own content hash (hash=True)

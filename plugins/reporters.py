@@ -427,7 +427,10 @@ class JsonReporter:
         self.indent = options["indent"]
 
     def write(self, report: dict[str, Any], path: str | None) -> None:
-        write_text(json.dumps(report, indent=self.indent, ensure_ascii=False) + "\n", path)
+        write_text(
+            json.dumps(report, indent=self.indent, ensure_ascii=False, allow_nan=False) + "\n",
+            path,
+        )
 
 
 class TableReporter:
@@ -457,6 +460,9 @@ class TableReporter:
         notes = report.get("statistics", {}).get("notes", [])
         if notes and self.view != "main":
             text += "\n\nnotes:\n" + "\n".join(f"  - {n}" for n in notes)
+        data_warnings = report.get("dataset", {}).get("warnings", [])
+        if data_warnings:
+            text += "\n\ndata warnings:\n" + "\n".join(f"  - {w}" for w in data_warnings)
         return text + "\n"
 
     def write(self, report: dict[str, Any], path: str | None) -> None:

@@ -16,7 +16,7 @@ REPO = Path(__file__).parent.parent
 
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding the example and broken fixture plugins, installed by pip.
+    """A folder holding the example, broken and misbehaving fixture plugins, installed by pip.
 
     Installing into a private ``--target`` folder (instead of the test venv) keeps
     every other test's plugin set unchanged; putting the folder on ``sys.path``
@@ -25,7 +25,11 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     site = tmp_path_factory.mktemp("plugin-site")
     sources = tmp_path_factory.mktemp("plugin-src")
     packages = []
-    for name in ("xleval-example-plugin", "xleval-broken-plugin"):
+    for name in (
+        "xleval-example-plugin",
+        "xleval-broken-plugin",
+        "xleval-misbehaving-plugin",
+    ):
         # Build from a copy so setuptools' build/ and egg-info never land in the repo.
         shutil.copytree(FIXTURES / name, sources / name)
         packages.append(str(sources / name))

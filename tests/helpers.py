@@ -47,6 +47,26 @@ class MetricPlugin:
         register(self.metric_name, echo_factory, schema=self.schema, description="echo")
 
 
+def start(command: list[str], log: Path, env=None, cwd=None) -> subprocess.Popen:
+    """A background process (its own session, so ``stop`` kills it and its children)."""
+    return subprocess.Popen(
+        command,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def stop(process: subprocess.Popen) -> None:
+    import signal
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def xleval_subprocess(args: list[str], *, pythonpath: Path | None = None, **env: str):
     """Run the real ``xleval`` console entry point in a child process."""
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("XLEVAL_")}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import builtins
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import start, stop
 from test_runner import metrics_of, write_spec
 
 from xleval.cli import build_cli
@@ -93,18 +93,6 @@ def test_missing_dask_is_a_clear_error(tmp_path, monkeypatch):
     result = run("run", str(spec), "--out", str(tmp_path / "run"), "-q", "--executor", "dask")
     assert result.exit_code == 1
     assert "the 'dask' executor needs dask.distributed: pip install 'xleval[dask]'" in result.output
-
-
-def start(command: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
 
 
 @pytest.mark.slow
@@ -296,7 +284,7 @@ shots = [0, 4]
 seeds = [1]
 metrics = ["accuracy"]
 model = { name = "bag-of-embeddings", options = { dim = 16, buckets = 20000 } }
-training = { epochs = 3 }
+training = { epochs = 3, min_steps = 100 }
 
 [[methods]]
 protocol = "target-only"

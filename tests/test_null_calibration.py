@@ -62,7 +62,7 @@ shots = [8, 16, 32]
 seeds = [1, 2, 3]
 metrics = ["accuracy"]
 model = {{ name = "null-model" }}
-training = {{ epochs = 2 }}
+training = {{ epochs = 2, min_steps = 100 }}
 [[methods]]
 protocol = "target-only"
 [[methods]]

@@ -70,13 +70,15 @@ def test_plugin_failing_while_registering_is_isolated_and_its_error_reused():
     assert pm.registry.build("metrics", "echo").options == {"rate": 0.5, "mode": "fast"}
     record = pm.records["bad"]
     assert record.status == "failed"
-    assert record.error == "RuntimeError: database not reachable"
+    assert record.error == "in hook xleval_register_metrics: RuntimeError: database not reachable"
     assert "database not reachable" in record.traceback
     for kind, name in (("metrics", "half"), ("fusion_strategies", "also-broken")):
         with pytest.raises(PluginLoadError) as info:
             pm.registry.get(kind, name)
-        assert "plugin 'bad' failed to register: RuntimeError: database not reachable" in str(
-            info.value
+        assert (
+            "plugin 'bad' failed to register: in hook xleval_register_metrics: "
+            "RuntimeError: database not reachable"
+            in str(info.value)
         )
 
 
@@ -85,7 +87,10 @@ def test_unknown_name_mentions_failed_plugins():
         raise ImportError("needs scipy")
 
     pm = manager(plugin("scipy-metrics", xleval_register_metrics=metrics))
-    with pytest.raises(PluginLoadError, match="'scipy-metrics': ImportError: needs scipy"):
+    with pytest.raises(
+        PluginLoadError,
+        match="'scipy-metrics': in hook xleval_register_metrics: ImportError: needs scipy",
+    ):
         pm.registry.get("metrics", "spearman")
 
 
@@ -94,7 +99,9 @@ def test_strict_mode_from_environment(monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setenv("XLEVAL_STRICT_PLUGINS", "1")
-    with pytest.raises(PluginLoadError, match="'bad': RuntimeError: boom"):
+    with pytest.raises(
+        PluginLoadError, match="'bad': in hook xleval_register_metrics: RuntimeError: boom"
+    ):
         get_plugin_manager(
             use_entry_points=False, plugins=[plugin("bad", xleval_register_metrics=metrics)]
         )

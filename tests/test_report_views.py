@@ -69,7 +69,7 @@ seeds = [1, 2, 3]
 metrics = ["accuracy", "nll"]
 executor = "local"
 model = {{ name = "bag-of-embeddings", options = {{ dim = 16, buckets = 20000 }} }}
-training = {{ epochs = 5 }}
+training = {{ epochs = 5, min_steps = 100 }}
 [[methods]]
 protocol = "target-only"
 [[methods]]

@@ -51,7 +51,7 @@ seeds = {list(seeds)}
 metrics = ["accuracy", "nll"]
 executor = "{executor}"
 model = {{ name = "bag-of-embeddings", options = {{ dim = 16, buckets = 20000 }} }}
-training = {{ epochs = {epochs} }}
+training = {{ epochs = {epochs}, min_steps = 100 }}
 {METHODS}{extra_methods}"""
     )
     return spec

@@ -154,16 +154,20 @@ def test_plugin_option_and_cross_field_errors_are_all_listed(registry):
         "at 'targets[1]': 'en' is also a source language",
         "at 'metrics[1]': unknown metric 'bleu'",
         "at 'main_metric': 'f1' is not one of the metrics (accuracy, bleu)",
-        "at 'methods[0].model': invalid options for model 'bag-of-embeddings'",
-        "at 'dim': 0 is less than the minimum of 1",
-        "at 'methods[0].fusion': invalid options for fusion strategy 'exp-sum'",
-        "'probs' is not one of ['scores', 'log_probs']",
+        "\n  at 'model': invalid options for model 'bag-of-embeddings':\n"
+        "    - at 'model.options.dim': 0 is less than the minimum of 1",
+        "\n  at 'methods[0].fusion': invalid options for fusion strategy 'exp-sum':\n"
+        "    - at 'methods[0].fusion.options.on': 'probs' is not one of ['scores', 'log_probs']",
         "at 'methods[1].label': 'fusion' is used by two methods",
         "at 'methods[1].transfer': only the 'transfer' protocol uses one",
         "at 'methods[2].training'",
         "at 'statistics.baseline': 'zero-shot' is not a method label",
     ):
         assert expected in message, expected
+    # the inherited model is reported once, where it is written; the count is the bullets
+    assert "methods[1].model" not in message and "methods[0].model" not in message
+    bullets = [line for line in message.splitlines() if line.lstrip().startswith("- ")]
+    assert message.startswith(f"spec: {len(bullets)} errors:\n")
 
 
 def test_component_object_with_unknown_key_is_pinpointed(registry):

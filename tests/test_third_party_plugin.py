@@ -89,7 +89,15 @@ def test_cli_strict_mode_is_one_line_error_without_traceback(plugin_site):
 
 def test_cli_can_disable_the_broken_plugin(plugin_site):
     result = xleval_subprocess(
-        ["--strict-plugins", "--disable-plugin", "broken", "plugins", "--json"],
+        [
+            "--strict-plugins",
+            "--disable-plugin",
+            "broken",
+            "--disable-plugin",
+            "exits",
+            "plugins",
+            "--json",
+        ],
         pythonpath=plugin_site,
     )
     assert result.returncode == 0, result.stderr

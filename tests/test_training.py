@@ -239,3 +239,32 @@ def test_default_batch_size_grows_with_large_training_sets_for_adagrad_only():
         256,
     ]
     assert auto_batch_size(10**6, "sgd") == 32 and auto_batch_size(10**6, "adam") == 32
+
+
+def test_docs_training_lists_every_option_with_its_default():
+    from pathlib import Path
+
+    from xleval.training_options import TRAINING_SCHEMA, options_table
+
+    page = (Path(__file__).parent.parent / "docs" / "training.md").read_text(encoding="utf-8")
+    assert page.endswith(options_table())
+    for name in TRAINING_SCHEMA["properties"]:
+        assert f"| `{name}` (" in page
+
+
+def test_explicit_epochs_without_min_steps_warns_once():
+    from xleval.plugins import get_plugin_manager
+    from xleval.spec import resolve_spec
+
+    registry = get_plugin_manager(strict=False).registry
+    base = {
+        "dataset": "ddtp-sections",
+        "source": "en",
+        "targets": ["de"],
+        "methods": [{"protocol": "target-only"}, {"protocol": "joint"}],
+    }
+    warned = resolve_spec({**base, "training": {"epochs": 10}}, registry).warnings
+    assert sum("training.epochs = 10 is a minimum" in w for w in warned) == 1
+    for quiet in ({"epochs": 10, "min_steps": 0}, {"min_steps": 100}, {}):
+        spec = resolve_spec({**base, "training": quiet}, registry)
+        assert not any("is a minimum" in w for w in spec.warnings)

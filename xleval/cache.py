@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+def canonical_json(value: Any, strict: bool = False) -> str:
+    """Sorted keys, no spaces; ``strict`` refuses NaN and infinities (ValueError)."""
+    return json.dumps(
+        value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=not strict
+    )
 
 
 def content_key(value: Any) -> str:
@@ -60,7 +63,7 @@ class CellStore:
     def path(self, key: str) -> Path:
         return self.dir / f"{key}.json"
 
-    def load(self, key: str) -> dict[str, Any] | None:
+    def load(self, key: str, note_corrupt: bool = True) -> dict[str, Any] | None:
         """The stored result for ``key``, or None if absent or not intact (then it is noted)."""
         path = self.path(key)
         try:
@@ -76,13 +79,17 @@ class CellStore:
         except (OSError, ValueError, KeyError, TypeError):
             intact = False
         if not intact:
-            self.corrupt.append(str(path))
+            if note_corrupt:
+                self.corrupt.append(str(path))
             return None
         return result
 
     def save(self, key: str, result: dict[str, Any]) -> None:
-        """Store ``result``; the file is ``canonical_json`` of {key, result, sha256}."""
-        body = canonical_json(result)
+        """Store ``result``; the file is ``canonical_json`` of {key, result, sha256}.
+
+        Raises TypeError or ValueError (before writing anything) if ``result`` is not
+        strict JSON data."""
+        body = canonical_json(result, strict=True)
         digest = hashlib.sha256(body.encode()).hexdigest()
         # the envelope's canonical form spelled out (its keys in sorted order), so the
         # result, most of the file, is serialised once, not twice: the driver does this

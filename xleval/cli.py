@@ -42,6 +42,8 @@ class CliState:
     def pm(self) -> XlevalPluginManager:
         if self._pm is None:
             self._pm = self.factory(disabled=self.disabled, strict=self.strict)
+            for warning in getattr(self._pm, "warnings", ()):
+                click.echo(f"warning: {warning}", err=True)
         return self._pm
 
 

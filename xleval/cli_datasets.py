@@ -144,7 +144,9 @@ def datasets_group() -> click.Group:
     ) -> None:
         """Load dataset NAME and print its examples per language and split."""
         parsed = parse_options(options)
-        dataset = state.pm.registry.build("datasets", name, parsed).load()
+        from xleval.dataset_rules import load_dataset
+
+        dataset = load_dataset(state.pm.registry, name, parsed)
         if as_json:
             click.echo(json.dumps(show_json(dataset), indent=2, ensure_ascii=False))
             return

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,9 +72,8 @@ def shortfall_warnings(report) -> list[str]:
             continue
         missing = ", ".join(f"'{label}' {n} short" for label, n in a["shortfall"].items())
         per_class = a.get("mean_shots_per_class")
-        seen[key] = (
-            f"{a['target']} k={a['shots']}: fewer than k training rows ({missing})"
-            + (f"; its cells trained on {per_class:.1f} examples per class" if per_class else "")
+        seen[key] = f"{a['target']} k={a['shots']}: fewer than k training rows ({missing})" + (
+            f"; its cells trained on {per_class:.1f} examples per class" if per_class else ""
         )
     return list(seen.values())
 
@@ -140,25 +141,52 @@ def add_run_commands(cli: click.Group) -> None:
     @click.option("--fail-fast", is_flag=True, help="Stop at the first failed cell.")
     @click.option("--dry-run", is_flag=True, help="Print the grid and cell count; run nothing.")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+    @click.option(
+        "--recompute",
+        is_flag=True,
+        help="Ignore cached results: compute every cell again (and cache the new results).",
+    )
+    @click.option(
+        "--recompute-matching",
+        "recompute_patterns",
+        multiple=True,
+        metavar="PATTERN",
+        help="Ignore the cached results of the cells whose method label, target language or "
+        "METHOD/TARGET matches this glob (e.g. 'transfer*' or '*/de'); repeatable.",
+    )
     @click.pass_obj
     def run_command(
-        state, spec_path, out_dir, executor, executor_options, jobs, fail_fast, dry_run, quiet
+        state,
+        spec_path,
+        out_dir,
+        executor,
+        executor_options,
+        jobs,
+        fail_fast,
+        dry_run,
+        quiet,
+        recompute,
+        recompute_patterns,
     ):
         """Run an experiment spec and write RUN_DIR/report.json."""
+        from xleval.dataset_rules import load_dataset
         from xleval.report import build_report, write_report
         from xleval.runner import expand_grid, print_failures, run_cells, write_predictions
+        from xleval.spec import check_components
 
+        started = time.perf_counter()
         spec = prepare_spec(state, spec_path, executor, parse_options(executor_options), jobs)
         print_warnings(spec.warnings)
+        check_components(spec, state.pm.registry, source=spec_path)
         if dry_run:
             print_grid(spec, expand_grid(spec))
             return
         run_dir = Path(out_dir) if out_dir else Path("runs") / spec.name
         # The executor first: it may start workers (dask) while the dataset loads.
         runner = state.pm.registry.build("executors", spec.executor.name, spec.executor.options)
-        dataset = state.pm.registry.build("datasets", spec.dataset.name, spec.dataset.options)
-        dataset = dataset.load()
+        dataset = load_dataset(state.pm.registry, spec.dataset.name, spec.dataset.options)
         check_languages(spec, dataset)
+        print_warnings(dataset.warnings)
         run_dir.mkdir(parents=True, exist_ok=True)
         progress = Progress(enabled=not quiet and sys.stderr.isatty())
         try:
@@ -170,6 +198,7 @@ def add_run_commands(cli: click.Group) -> None:
                 executor=runner,
                 disabled=state.disabled,
                 fail_fast=fail_fast,
+                recompute=recompute_filter(recompute, recompute_patterns),
                 on_start=progress.start,
                 on_result=progress.advance,
             )
@@ -179,14 +208,16 @@ def add_run_commands(cli: click.Group) -> None:
         write_report(report, run_dir / "report.json")
         write_predictions(run_dir, outcome)
         write_html(state, report, run_dir)
-        table = state.pm.registry.build("reporters", "table", {})
-        table.write(report, None)
+        write_with(state, "table", {}, report, None)
         print_warnings(shortfall_warnings(report))
         run = report["run"]
+        for reason, count in outcome.recomputed.items():
+            click.echo(f"{count} {plural(count, 'cell')} recomputed: {reason}", err=True)
         click.echo(
             f"{run['cells_total']} cells: {run['cells_computed']} computed, "
-            f"{run['cells_cached']} cached, {run['cells_failed']} failed, "
-            f"{run['wall_seconds']:.1f} s; report: {run_dir / 'report.json'}",
+            f"{run['cells_cached']} cached, {run['cells_failed']} failed; "
+            f"cells {run['wall_seconds']:.1f} s, total {time.perf_counter() - started:.1f} s; "
+            f"report: {run_dir / 'report.json'}",
             err=True,
         )
         for path in outcome.corrupt:
@@ -205,7 +236,7 @@ def add_run_commands(cli: click.Group) -> None:
         """Check an experiment spec or a report against its schema."""
         from xleval.report import read_report
         from xleval.runner import expand_grid
-        from xleval.spec import load_spec
+        from xleval.spec import check_components, load_spec
 
         if path.endswith(".json") and '"schema_version"' in Path(path).read_text(
             encoding="utf-8", errors="replace"
@@ -214,7 +245,11 @@ def add_run_commands(cli: click.Group) -> None:
             click.echo(f"ok: {path} is a valid report ({len(report['cells'])} cells)")
             return
         spec = load_spec(path, state.pm.registry)
-        click.echo(f"ok: {path} is a valid experiment spec ({len(expand_grid(spec))} cells)")
+        check_components(spec, state.pm.registry, source=path)
+        click.echo(
+            f"ok: {path} is a valid experiment spec ({len(expand_grid(spec))} cells; every "
+            "component built with its options)"
+        )
         print_warnings(spec.warnings)
 
     @cli.command("report")
@@ -255,8 +290,7 @@ def add_run_commands(cli: click.Group) -> None:
                     f"reporter '{fmt}' has no views; --view works with --format table or markdown"
                 )
             options["view"] = view
-        reporter = state.pm.registry.build("reporters", fmt, options)
-        reporter.write(report, output)
+        write_with(state, fmt, options, report, output)
 
     @cli.command("compare")
     @click.argument("first", type=click.Path())
@@ -281,6 +315,7 @@ def add_run_commands(cli: click.Group) -> None:
         common = [k for k in ma if k in mb]
         if not common:
             raise XlevalError(f"the two reports share no (method, target, shots) for '{metric}'")
+
         def text(value, sign=""):
             return "n/a" if value is None else f"{value:{sign}.4f}"
 
@@ -330,7 +365,7 @@ def add_run_commands(cli: click.Group) -> None:
         report = rescore(Path(run_dir), state.pm, names)
         target = Path(output) if output else Path(run_dir) / "report.rescored.json"
         write_report(report, target)
-        state.pm.registry.build("reporters", "table", {}).write(report, None)
+        write_with(state, "table", {}, report, None)
         click.echo(f"rescored report: {target}", err=True)
 
     @cli.command("init")
@@ -344,6 +379,34 @@ def add_run_commands(cli: click.Group) -> None:
         text = (specs_dir() / "examples" / "quickstart.toml").read_text(encoding="utf-8")
         target.write_text(text, encoding="utf-8")
         click.echo(f"wrote {path}; run it with: xleval run {path}")
+
+
+def plural(count: int, word: str) -> str:
+    return word if count == 1 else word + "s"
+
+
+def recompute_filter(everything: bool, patterns: tuple[str, ...]):
+    """The cells whose cached results ``--recompute``/``--recompute-matching`` discard."""
+    if everything:
+        return lambda cell: True
+    if not patterns:
+        return None
+
+    def matches(cell) -> bool:
+        names = (cell.method, cell.target, f"{cell.method}/{cell.target}")
+        return any(fnmatch.fnmatchcase(name, p) for p in patterns for name in names)
+
+    return matches
+
+
+def write_with(state: CliState, name: str, options: dict, report: dict, path: str | None) -> None:
+    """Write ``report`` with reporter ``name``; its own errors name it (PluginCodeError)."""
+    from xleval.registry import plugin_code
+
+    component = state.pm.registry.get("reporters", name)
+    reporter = component.build(options)
+    with plugin_code(component, "write()"):
+        reporter.write(report, path)
 
 
 def write_html(state: CliState, report: dict, run_dir: Path) -> None:

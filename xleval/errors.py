@@ -21,6 +21,11 @@ class PluginLoadError(PluginError):
     """A plugin failed to import or register; raised when its components are used."""
 
 
+class PluginCodeError(PluginError):
+    """Plugin code (a factory, a loader, a hook) raised an exception that is not an xleval
+    error: the message names the component and its plugin; ``--debug`` shows the traceback."""
+
+
 class DuplicateComponentError(PluginError):
     """Two plugins registered the same component name for the same kind."""
 
@@ -30,7 +35,15 @@ class UnknownComponentError(XlevalError):
 
 
 class OptionsError(XlevalError):
-    """A component's options do not match its JSON Schema."""
+    """A component's options do not match its JSON Schema.
+
+    ``problems`` lists each violation ('at PATH: WHAT', PATH relative to the options) when
+    there are several, so a spec's error list can indent them under their component.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
 
 
 class DataError(XlevalError):

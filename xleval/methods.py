@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from xleval import checks
 from xleval.data import Example, MultilingualDataset
 from xleval.errors import OptionsError, XlevalError
 from xleval.registry import Registry, fill_defaults, schema_errors
@@ -502,7 +503,11 @@ class _Cell:
         def predict() -> torch.Tensor:
             features = self.split_features(model, lang, "test")
             with self.timer("eval"):
-                return predict_scores(model, texts, features=features)
+                scores = predict_scores(model, texts, features=features)
+            checks.scores_shape(
+                f"model '{self.options['model']}'", scores, len(texts), len(self.dataset.labels)
+            )
+            return scores
 
         if key is None:
             return predict()
@@ -580,9 +585,21 @@ def _transfer(cell: _Cell, result: dict[str, Any]) -> Scorer:
     strategy = cell.registry.build(
         "transfer_strategies", cell.options["transfer"], cell.options["transfer_options"]
     )
+    name = cell.options["transfer"]
     with cell.timer("transfer"):
+        before = checks.parameter_fingerprint(source.model)
         target = strategy.transfer(source.model, target)
-    result["transfer"] = dict(getattr(strategy, "last_report", None) or {})
+        checks.source_unchanged(name, before, checks.parameter_fingerprint(source.model))
+    from torch import nn
+
+    if not isinstance(target, nn.Module):
+        raise checks.PluginOutputError(
+            f"transfer strategy '{name}' returned {type(target).__name__}, not the target model"
+        )
+    result["transfer"] = checks.json_value(
+        f"transfer strategy '{name}' (last_report)",
+        dict(getattr(strategy, "last_report", None) or {}),
+    )
     if len(cell.sample):  # k = 0: the transferred model is evaluated as it is
         cell.fit(target, cell.shot_set(), cell.options["finetune"], "finetune")
     target.eval()
@@ -604,7 +621,9 @@ def _fusion(cell: _Cell, result: dict[str, Any]) -> Scorer:
 
     def score(lang: str) -> torch.Tensor:
         stacked = torch.stack([cell.scores(t.model, lang, t.key) for _, t in members])
-        return fusion.fuse(stacked)
+        fused = fusion.fuse(stacked)
+        checks.fused_probabilities(cell.options["fusion"], fused, *stacked.shape[1:])
+        return fused
 
     return score
 
@@ -676,7 +695,9 @@ def run_cell(
                 examples = dataset.select(lang, "test")
                 y = torch.tensor(dataset.label_ids(examples), dtype=torch.int64)
                 probs = scorer(lang) if examples else torch.zeros(0, len(dataset.labels))
-                per_lang[lang] = {name: m.compute(y, probs) for name, m in scorers.items()}
+                per_lang[lang] = checks.metric_values(
+                    {name: m.compute(y, probs) for name, m in scorers.items()}
+                )
                 predictions[lang] = Predictions(tuple(e.id for e in examples), y, probs)
         eval_seconds = time.perf_counter() - started
     finally:

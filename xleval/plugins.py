@@ -40,8 +40,12 @@ class PluginRecord:
     traceback: str | None = None
     components: dict[str, list[str]] = field(default_factory=dict)
 
-    def fail(self, error: BaseException | str, status: str = "failed") -> None:
+    def fail(
+        self, error: BaseException | str, status: str = "failed", hook: str | None = None
+    ) -> None:
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        if hook is not None:
+            text = f"in hook {hook}: {text}"
         if isinstance(error, BaseException):
             self.traceback = "".join(traceback.format_exception(error))
         self.error = text if self.error is None else f"{self.error}; {text}"
@@ -68,6 +72,8 @@ class XlevalPluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self.registry = Registry()
         self.records: dict[str, PluginRecord] = {}
+        #: problems that did not stop loading (e.g. a disabled name that matches nothing)
+        self.warnings: list[str] = []
 
     def failed_records(self) -> list[PluginRecord]:
         return [r for r in self.records.values() if r.status in ("failed", "conflict")]
@@ -109,11 +115,26 @@ def get_plugin_manager(
     reject_unknown_hooks(pm)
     pm.check_pending()
     collect_components(pm)
+    pm.warnings.extend(unknown_disabled_names(pm, disabled))
 
     if strict and pm.failed_records():
         problems = "; ".join(f"'{r.name}': {r.error}" for r in pm.failed_records())
         raise PluginLoadError(f"plugin problems ({STRICT_ENV} is set): {problems}")
     return pm
+
+
+def unknown_disabled_names(pm: XlevalPluginManager, disabled: set[str]) -> list[str]:
+    """A warning per name in ``disabled`` that is neither a plugin nor a distribution."""
+    known = {r.name for r in pm.records.values()}
+    known |= {r.distribution for r in pm.records.values() if r.distribution}
+    out = []
+    for name in sorted(disabled - known):
+        close = difflib.get_close_matches(name, sorted(known), n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        out.append(
+            f"--disable-plugin/{DISABLE_ENV}: no plugin or distribution is named '{name}'{hint}"
+        )
+    return out
 
 
 def load_entry_point(pm: XlevalPluginManager, ep: metadata.EntryPoint, disabled: set[str]) -> None:
@@ -140,7 +161,7 @@ def load_entry_point(pm: XlevalPluginManager, ep: metadata.EntryPoint, disabled:
     pm.records[ep.name] = record
     try:
         obj = ep.load()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() at import too; Ctrl-C still stops
         record.fail(exc)
         return
     register_plugin(pm, record, obj, disabled)
@@ -219,8 +240,8 @@ def collect_components(pm: XlevalPluginManager) -> None:
 
             try:
                 impl.function(register=register)
-            except Exception as exc:
-                record.fail(exc)
+            except (Exception, SystemExit) as exc:
+                record.fail(exc, hook=hook_name)
             record.components.setdefault(kind, []).extend(added)
     for record in pm.records.values():
         if record.status != "failed":

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +17,11 @@ from jsonschema.validators import validator_for
 from xleval.errors import (
     DuplicateComponentError,
     OptionsError,
+    PluginCodeError,
     PluginError,
     PluginLoadError,
     UnknownComponentError,
+    XlevalError,
 )
 from xleval.hookspecs import KIND_HOOKS
 
@@ -70,13 +73,35 @@ class Component:
         errors = schema_errors(self.schema, options)
         if errors:
             raise OptionsError(
-                f"invalid options for {self.label}:\n" + "\n".join(f"  - {e}" for e in errors)
+                f"invalid options for {self.label}:\n" + "\n".join(f"  - {e}" for e in errors),
+                problems=errors,
             )
         return fill_defaults(self.schema, options)
 
     def build(self, options: dict[str, Any] | None = None) -> Any:
-        """Validate options, then call the factory with them."""
-        return self.factory(self.resolve_options(options))
+        """Validate options, then call the factory with them.
+
+        An exception from the factory that is not an xleval error becomes a PluginCodeError
+        naming this component and its plugin (the original is its ``__cause__``).
+        """
+        resolved = self.resolve_options(options)
+        with plugin_code(self, "building it"):
+            return self.factory(resolved)
+
+
+@contextlib.contextmanager
+def plugin_code(component: Component, what: str) -> Iterator[None]:
+    """Run plugin code: an exception that is not an xleval error (or ``SystemExit``)
+    becomes a PluginCodeError naming the component, its plugin and ``what`` was called."""
+    try:
+        yield
+    except XlevalError:
+        raise
+    except (Exception, SystemExit) as exc:
+        raise PluginCodeError(
+            f"{component.label} of plugin {component.provider}: {what} failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def format_path(path: Iterable[Any], root: str = "(options)") -> str:

@@ -25,6 +25,7 @@ import jsonschema
 from xleval import __version__
 from xleval.analysis import analyse
 from xleval.cache import atomic_write_text
+from xleval.checks import first_non_finite
 from xleval.data import MultilingualDataset
 from xleval.errors import XlevalError
 from xleval.plugins import XlevalPluginManager
@@ -103,6 +104,7 @@ def cell_entry(cell: Cell, key: str, result: dict[str, Any] | None) -> dict[str,
         "n_test": result["n_test"],
         "error": None,
         "info": result.get("info", {}),
+        **({"provenance": result["provenance"]} if result.get("provenance") else {}),
     }
 
 
@@ -175,8 +177,14 @@ def validate_report(report: Any, source: str = "report") -> None:
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:
+    """Write ``report`` as strict JSON (no NaN or Infinity tokens), schema-checked."""
     jsonschema.validate(report, load_schema("report"))
-    atomic_write_text(path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    where = first_non_finite(report)
+    if where is not None:
+        raise ReportError(f"report value at {where} is not a finite number; {path} not written")
+    atomic_write_text(
+        path, json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    )
 
 
 def load_report_json(path: str | Path) -> tuple[Path, Any]:
@@ -184,11 +192,15 @@ def load_report_json(path: str | Path) -> tuple[Path, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / "report.json"
+
+    def refuse(token: str) -> Any:
+        raise ValueError(f"{token} is not JSON (a number must be finite)")
+
     try:
-        return path, json.loads(path.read_text(encoding="utf-8"))
+        return path, json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
     except FileNotFoundError:
         raise ReportError(f"{path}: no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise ReportError(f"{path}: not a JSON report ({exc})") from None
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from xleval import __version__
 from xleval.analysis import analyse
+from xleval.checks import metric_values
 from xleval.errors import XlevalError
 from xleval.plugins import XlevalPluginManager
 from xleval.report import (
@@ -72,7 +73,9 @@ def rescore(
         if stored is None:
             raise XlevalError(f"predictions.jsonl has no predictions for cell {key} in {lang}")
         y_true, probs = decode_predictions(stored)
-        return {name: metric.compute(y_true, probs) for name, metric in metrics.items()}
+        return metric_values(
+            {name: metric.compute(y_true, probs) for name, metric in metrics.items()}
+        )
 
     for cell in report["cells"]:
         if cell["status"] != "ok":

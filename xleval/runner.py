@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from xleval import __version__
 from xleval.cache import CellStore, atomic_write_bytes, content_key
 from xleval.data import MultilingualDataset
 from xleval.errors import XlevalError
@@ -80,47 +79,26 @@ def expand_grid(spec: ExperimentSpec) -> list[Cell]:
     return cells
 
 
-def component_versions(pm: XlevalPluginManager, spec: ExperimentSpec) -> dict[str, Any]:
-    """Versions of the distributions providing each component a spec uses (for cache keys)."""
-    versions = {}
-    refs = [("datasets", spec.dataset.name), ("executors", spec.executor.name)]
-    refs += [("metrics", m.name) for m in spec.metrics]
-    for method in spec.methods:
-        refs.append(("models", method.model.name))
-        if method.transfer:
-            refs.append(("transfer_strategies", method.transfer.name))
-        if method.fusion:
-            refs.append(("fusion_strategies", method.fusion.name))
-    for kind, name in refs:
-        component = pm.registry.get(kind, name)
-        record = pm.records.get(component.plugin)
-        versions[f"{kind}/{name}"] = [component.distribution, record.version if record else None]
-    versions.pop(f"executors/{spec.executor.name}")  # where a cell runs never changes it
-    return versions
-
-
-def cell_key(spec: ExperimentSpec, cell: Cell, fingerprint: str, versions: dict[str, Any]) -> str:
-    """Hash of everything that determines a cell's result, and nothing else.
+def key_payload(spec: ExperimentSpec, cell: Cell, fingerprint: str) -> dict[str, Any]:
+    """What the spec says about a cell's result: its cell, method, metrics and dataset.
 
     Another method's options, the executor or the list of targets do not enter it, so
     changing them recomputes nothing they do not affect.
     """
-    from xleval.rowkernel import row_kernel_available
-
     method = spec.method(cell.method)
-    used = {k: v for k, v in versions.items() if not k.startswith("executors/")}
-    return content_key(
-        {
-            "cell": {**cell.to_json(), "method": None},
-            "method": {**method.to_json(), "label": None},
-            "metrics": [m.to_json() for m in spec.metrics],
-            "dataset": {"name": spec.dataset.name, "fingerprint": fingerprint},
-            "xleval": __version__,
-            "components": used,
-            # the compiled row kernel and the torch step agree only to float rounding
-            "row_kernel": row_kernel_available(),
-        }
-    )
+    return {
+        "cell": {**cell.to_json(), "method": None},
+        "method": {**method.to_json(), "label": None},
+        "metrics": [m.to_json() for m in spec.metrics],
+        "dataset": {"name": spec.dataset.name, "fingerprint": fingerprint},
+    }
+
+
+def cell_key(payload: dict[str, Any], environment: dict[str, Any]) -> str:
+    """Hash of everything that determines a cell's result, and nothing else: the spec's
+    part (:func:`key_payload`) and the code and environment that compute it
+    (:func:`xleval.provenance.key_environment`: versions, code fingerprints, row kernel)."""
+    return content_key({**payload, "environment": environment})
 
 
 def method_options(method: MethodSpec) -> dict[str, Any]:
@@ -152,9 +130,17 @@ class WorkerState:
     dataset: MultilingualDataset
     methods: dict[str, Any]
     artifacts: Any
+    #: method label -> the key environment of its cells here (recorded in each result)
+    environments: dict[str, Any] = field(default_factory=dict)
 
 
 _STATES: dict[tuple[str, str], WorkerState] = {}
+#: plugin managers built by ``CellTask.check_worker`` for the ``install`` that follows
+_CHECKED: dict[tuple[str, str], XlevalPluginManager] = {}
+
+
+class WorkerMismatchError(XlevalError):
+    """A worker whose code or environment differs from the driver's in what enters the keys."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +157,10 @@ class CellTask:
     #: Share source models through RUN_DIR/artifacts (one machine); a cluster executor
     #: turns this off and passes them as task arguments instead (see ``for_cluster``).
     share_via_disk: bool = True
+    #: The driver's key environment (:func:`xleval.provenance.spec_environment`): a worker
+    #: whose own differs refuses every cell, so nothing it computes is cached under the
+    #: driver's keys.
+    environment: dict[str, Any] | None = None
 
     @property
     def token(self) -> tuple[str, str]:
@@ -186,12 +176,19 @@ class CellTask:
         """
         from xleval.artifacts import DiskArtifactCache
         from xleval.methods import make_method
+        from xleval.provenance import method_environments
         from xleval.spec import resolve_spec
 
-        pm = pm or get_plugin_manager(disabled=self.disabled, strict=False)
+        if pm is None:
+            pm = _CHECKED.pop(self.token, None)
+            if pm is None:
+                pm = get_plugin_manager(disabled=self.disabled, strict=False)
+                self.check_worker(pm)
         spec = resolve_spec(self.spec_json, pm.registry)
         if dataset is None:
-            dataset = pm.registry.build("datasets", spec.dataset.name, spec.dataset.options).load()
+            from xleval.dataset_rules import load_dataset
+
+            dataset = load_dataset(pm.registry, spec.dataset.name, spec.dataset.options)
         methods = {
             m.label: make_method(m.protocol, method_options(m), registry=pm.registry, name=m.label)
             for m in spec.methods
@@ -205,8 +202,23 @@ class CellTask:
             # the same memory budget as the disk cache's in-memory part: a model is 51 MB,
             # and a worker that kept 64 of them thrashed (every new table fresh pages)
             artifacts = ArtifactCache(max_items=256, max_bytes=DEFAULT_MAX_BYTES)
-        _STATES[self.token] = WorkerState(pm, dataset, methods, artifacts)
+        environments = method_environments(pm, self.spec_json)
+        _STATES[self.token] = WorkerState(pm, dataset, methods, artifacts, environments)
         return _STATES[self.token]
+
+    def check_worker(self, pm: XlevalPluginManager | None = None) -> None:
+        """Raise WorkerMismatchError if this process would compute the cells differently
+        from the driver (versions, code, plugins, row kernel: whatever enters the keys)."""
+        from xleval.provenance import describe_mismatch, spec_environment, worker_label
+
+        if self.environment is None:
+            return
+        if pm is None:  # an executor checking its worker before any cell: keep the manager
+            pm = _CHECKED[self.token] = get_plugin_manager(disabled=self.disabled, strict=False)
+        differences = describe_mismatch(self.environment, spec_environment(pm, self.spec_json))
+        if differences:
+            _CHECKED.pop(self.token, None)
+            raise WorkerMismatchError(f"worker {worker_label()}: {'; '.join(differences)}")
 
     def state(self, dataset: MultilingualDataset | None = None) -> WorkerState:
         return _STATES.get(self.token) or self.install(dataset=dataset)
@@ -291,6 +303,8 @@ class CellTask:
                 "error": message,
                 "traceback": traceback.format_exc(),
             }
+        from xleval.provenance import worker_label
+
         return {
             "cell": cell.to_json(),
             "status": "ok",
@@ -313,6 +327,12 @@ class CellTask:
             "predictions": {
                 lang: encode_predictions(p.ids, p.y_true, p.probs)
                 for lang, p in result.predictions.items()
+            },
+            # what computed it (the driver adds the spec's part of the key, "identity")
+            "provenance": {
+                "environment": state.environments[cell.method],
+                "executor": self.spec_json["executor"]["name"],
+                "worker": worker_label(),
             },
         }
 
@@ -395,6 +415,8 @@ class RunOutcome:
     corrupt: list[str] = field(default_factory=list)
     interrupted: bool = False
     wall_seconds: float = 0.0
+    #: why cells with an earlier result were computed again -> how many
+    recomputed: dict[str, int] = field(default_factory=dict)
 
 
 ProgressCallback = Callable[[Cell, dict[str, Any]], None]
@@ -409,38 +431,70 @@ def run_cells(
     executor: Any,
     disabled: tuple[str, ...] = (),
     fail_fast: bool = False,
+    recompute: Callable[[Cell], bool] | None = None,
     on_result: ProgressCallback | None = None,
     on_start: Callable[[int, int], None] | None = None,
 ) -> RunOutcome:
-    """Run every cell not already stored; store each result the moment it arrives."""
+    """Run every cell not already stored; store each result the moment it arrives.
+
+    ``recompute`` picks cells whose stored results are ignored (``xleval run --recompute``).
+    """
+    from xleval.provenance import method_environments, spec_environment
+
     started = time.perf_counter()
     store = CellStore(run_dir)
-    versions = component_versions(pm, spec)
+    spec_json = spec.to_json()
+    environments = method_environments(pm, spec_json)
     cells = expand_grid(spec)
-    keys = {cell: cell_key(spec, cell, dataset.fingerprint, versions) for cell in cells}
+    payloads = {cell: key_payload(spec, cell, dataset.fingerprint) for cell in cells}
+    keys = {cell: cell_key(payloads[cell], environments[cell.method]) for cell in cells}
     outcome = RunOutcome(results={}, keys=keys)
-    todo = []
+    todo, missing = [], []
     for cell in cells:
+        if recompute is not None and recompute(cell):
+            todo.append(cell)
+            outcome.recomputed["--recompute"] = outcome.recomputed.get("--recompute", 0) + 1
+            continue
         stored = store.load(keys[cell])
         if stored is not None:
             outcome.results[keys[cell]] = stored
             outcome.cached += 1
         else:
             todo.append(cell)
+            missing.append(cell)
     outcome.corrupt = list(store.corrupt)
+    for reason, count in why_recomputed(store, missing, keys, payloads, environments).items():
+        outcome.recomputed[reason] = outcome.recomputed.get(reason, 0) + count
     if on_start is not None:
         on_start(len(cells), outcome.cached)
 
-    task = CellTask(spec.to_json(), str(run_dir), disabled)
+    task = CellTask(spec_json, str(run_dir), disabled, environment=spec_environment(pm, spec_json))
     task.install(pm, dataset)
-    results = executor.map(task, order_for_sharing(todo))
+    from xleval.registry import plugin_code
+
+    executor_component = pm.registry.get("executors", spec.executor.name)
+    with plugin_code(executor_component, "map()"):
+        results = iter(executor.map(task, order_for_sharing(todo)))
+    done = object()
     try:
-        for result in results:
+        while True:
+            with plugin_code(executor_component, "map()"):  # its error stops the run; the
+                result = next(results, done)  # cells stored so far are kept for a rerun
+            if result is done:
+                break
             cell = Cell(**{**result["cell"], "sources": tuple(result["cell"]["sources"])})
             key = keys[cell]
             outcome.results[key] = result
             if result["status"] == "ok":
-                store.save(key, result)  # failures are not cached: a re-run retries them
+                provenance = result.setdefault("provenance", {})
+                provenance["identity"] = content_key(payloads[cell])
+                try:
+                    store.save(key, result)  # failures are not cached: a re-run retries them
+                except (TypeError, ValueError) as exc:  # a plugin put non-JSON in the result
+                    result = outcome.results[key] = task.failure(
+                        cell, XlevalError(f"its result is not JSON data: {exc}")
+                    )
+            if result["status"] == "ok":
                 outcome.computed += 1
             else:
                 outcome.failed.append(cell)
@@ -456,6 +510,40 @@ def run_cells(
             close()
     outcome.wall_seconds = time.perf_counter() - started
     return outcome
+
+
+def why_recomputed(
+    store: CellStore,
+    cells: list[Cell],
+    keys: dict[Cell, str],
+    payloads: dict[Cell, dict[str, Any]],
+    environments: dict[str, dict[str, Any]],
+) -> dict[str, int]:
+    """Reason -> how many of ``cells`` (not in the store) have a stored result made by other
+    code or another environment, e.g. {"code of plugin 'myplugins' changed": 12}.
+
+    Only stale entries are read, and only when something is to be computed.
+    """
+    from xleval.provenance import describe_changes
+
+    if not cells:
+        return {}
+    current = set(keys.values())
+    earlier: dict[str, dict[str, Any]] = {}
+    for key in sorted(store.keys() - current):
+        stored = store.load(key, note_corrupt=False)
+        provenance = (stored or {}).get("provenance") or {}
+        if provenance.get("identity") and isinstance(provenance.get("environment"), dict):
+            earlier[provenance["identity"]] = provenance["environment"]
+    reasons: dict[str, int] = {}
+    for cell in cells:
+        before = earlier.get(content_key(payloads[cell]))
+        if before is None:
+            continue
+        words = describe_changes(before, environments[cell.method]) or ["the cache key changed"]
+        reason = "; ".join(words)
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return reasons
 
 
 def order_for_sharing(cells: list[Cell]) -> list[Cell]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import tomllib
 from xleval.errors import OptionsError, SpecError, XlevalError
 from xleval.registry import Registry, fill_defaults, schema_errors
 from xleval.resources import load_schema
+from xleval.training_options import TRAINING_SCHEMA
 
 PROTOCOLS: tuple[str, ...] = ("target-only", "zero-shot", "transfer", "fusion", "joint")
 #: Protocols whose model learns from the source languages: only theirs has a transfer gap.
@@ -34,6 +35,8 @@ class ComponentRef:
 
     name: str
     options: dict[str, Any]
+    #: where the spec names it ('model', 'methods[1].fusion'): for messages, not compared
+    at: str = field(default="", compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "options": copy.deepcopy(self.options)}
@@ -190,15 +193,24 @@ def resolve_spec(
     if errors:
         raise _spec_error(source, errors)
     spec = fill_defaults(schema, copy.deepcopy(dict(raw)))
-    errors = []
+    errors: list[SpecProblem] = []
 
     def resolve(kind: str, value: Any, where: str) -> ComponentRef | None:
         name, options = component_ref(value)
         try:
-            return ComponentRef(name, registry.get(kind, name).resolve_options(options))
+            return ComponentRef(name, registry.get(kind, name).resolve_options(options), where)
         except XlevalError as exc:
-            errors.append(f"at '{where}': {exc}")
+            errors.append(nested_error(where, exc, options_at=f"{where}.options"))
             return None
+
+    top_model: list[ComponentRef | None] = []  # the top-level model, resolved once
+
+    def method_model(m: dict[str, Any], where: str) -> ComponentRef | None:
+        if "model" in m:
+            return resolve("models", m["model"], f"{where}.model")
+        if not top_model:
+            top_model.append(resolve("models", spec["model"], "model"))
+        return top_model[0]
 
     sources = (spec["source"],) if isinstance(spec["source"], str) else tuple(spec["source"])
     targets = tuple(spec["targets"])
@@ -218,6 +230,7 @@ def resolve_spec(
     dataset = resolve("datasets", spec["dataset"], "dataset")
     executor = resolve("executors", spec["executor"], "executor")
 
+    top_training = _resolve_training(dict(spec["training"]), "training", errors)
     methods = []
     labels: list[str] = []
     for i, m in enumerate(spec["methods"]):
@@ -228,9 +241,13 @@ def resolve_spec(
                 f"at '{where}.label': '{label}' is used by two methods; labels are unique"
             )
         labels.append(label)
-        model = resolve("models", m.get("model", spec["model"]), f"{where}.model")
-        training = _resolve_training(
-            {**spec["training"], **m.get("training", {})}, f"{where}.training", errors
+        model = method_model(m, where)
+        training = (
+            _resolve_training(
+                {**spec["training"], **m.get("training", {})}, f"{where}.training", errors
+            )
+            if top_training is not None
+            else None  # the top-level training's errors are reported once, at 'training'
         )
         transfer = fusion = finetune = None
         if m["protocol"] == "transfer":
@@ -258,6 +275,17 @@ def resolve_spec(
 
     statistics = spec["statistics"]
     warnings = []
+    for m in spec["methods"]:
+        explicit = {**spec["training"], **m.get("training", {})}
+        if "epochs" in explicit and "min_steps" not in explicit:
+            warnings.append(
+                f"training.epochs = {explicit['epochs']} is a minimum: min_steps (default "
+                f"{TRAINING_SCHEMA['properties']['min_steps']['default']}) adds epochs when a "
+                "training set has few batches (each cell records the epochs and steps it "
+                "trained in info.training); set min_steps = 0 to train exactly that many "
+                "epochs, or set min_steps to say how many steps you want"
+            )
+            break
     retired = [key for key in RETIRED_STATISTICS if key in statistics]
     for key in retired:
         del statistics[key]
@@ -300,6 +328,35 @@ def resolve_spec(
     )
 
 
+def check_components(spec: ExperimentSpec, registry: Registry, source: str = "spec") -> None:
+    """Build every component the spec names, once each with its options (factories only:
+    no data is loaded, nothing is trained), so a check inside a factory fails now, not
+    after hours of training. Raises SpecError listing each failure at its spec path."""
+    refs: list[tuple[str, ComponentRef | None]] = [("datasets", spec.dataset)]
+    refs += [("metrics", m) for m in spec.metrics]
+    for method in spec.methods:
+        refs += [
+            ("models", method.model),
+            ("transfer_strategies", method.transfer),
+            ("fusion_strategies", method.fusion),
+        ]
+    errors: list[SpecProblem] = []
+    built: set[str] = set()
+    for kind, ref in refs:
+        if ref is None:
+            continue
+        once = json.dumps([kind, ref.name, ref.options], sort_keys=True, default=str)
+        if once in built:
+            continue
+        built.add(once)
+        try:
+            registry.build(kind, ref.name, ref.options)
+        except XlevalError as exc:
+            errors.append(nested_error(ref.at or kind, exc, options_at=f"{ref.at}.options"))
+    if errors:
+        raise _spec_error(source, errors)
+
+
 def _resolve_training(
     options: dict[str, Any], where: str, errors: list[str]
 ) -> dict[str, Any] | None:
@@ -308,10 +365,52 @@ def _resolve_training(
     try:
         return resolve_training_options(options)
     except OptionsError as exc:
-        errors.append(f"at '{where}': {exc}")
+        errors.append(nested_error(where, exc, options_at=where))
         return None
 
 
-def _spec_error(source: str, errors: list[str]) -> SpecError:
-    count = f"{len(errors)} error{'s' if len(errors) > 1 else ''}"
-    return SpecError(f"{source}: {count}:\n" + "\n".join(f"  - {e}" for e in errors))
+#: One entry of a spec's error list: a message, or (heading, [problems]) for a component
+#: whose options break its schema in several ways.
+SpecProblem = str | tuple[str, list[str]]
+
+
+def nested_error(where: str, exc: Exception, options_at: str) -> SpecProblem:
+    """A component's error as a spec problem: its option problems, if it lists them, go
+    under a heading, each at its real path in the spec (``options_at`` + its own path)."""
+    problems = getattr(exc, "problems", None)
+    if not problems:
+        return f"at '{where}': {exc}"
+    heading = str(exc).split(":\n", 1)[0]
+    return (
+        f"at '{where}': {heading}:",
+        [_rebase(problem, options_at) for problem in problems],
+    )
+
+
+def _rebase(problem: str, base: str) -> str:
+    """'at 'x.y': ...' (a path inside the options) -> 'at 'BASE.x.y': ...'; the options'
+    root, '(options)', becomes BASE."""
+    if problem.startswith("at '(options)'"):
+        return f"at '{base}'" + problem[len("at '(options)'") :]
+    if not problem.startswith("at '"):
+        return problem
+    rest = problem[len("at '") :]
+    return f"at '{base}{'' if rest.startswith('[') else '.'}{rest}"
+
+
+def _spec_error(source: str, errors: list[SpecProblem]) -> SpecError:
+    """Every problem as one bullet (nested ones indented under their component's heading),
+    counted as they are shown."""
+    lines = []
+    count = 0
+    for error in errors:
+        if isinstance(error, tuple):
+            heading, problems = error
+            lines.append(f"  {heading}")
+            lines.extend(f"    - {p}" for p in problems)
+            count += len(problems)
+        else:
+            lines.append(f"  - {error}")
+            count += 1
+    words = f"{count} error{'s' if count != 1 else ''}"
+    return SpecError(f"{source}: {words}:\n" + "\n".join(lines))

@@ -44,7 +44,9 @@ TRAINING_SCHEMA: dict[str, Any] = {
             "default": 100,
             "description": "Train at least this many optimiser steps, adding epochs when the "
             "training set is small: 8 shots x 8 classes is 2 batches an epoch, and 20 steps "
-            "barely move a zero-initialised classifier.",
+            "barely move a zero-initialised classifier. So `epochs` is a minimum; a spec that "
+            "sets `epochs` but not `min_steps` gets a warning, and 0 trains exactly `epochs`. "
+            "Each cell records the epochs and steps it trained (`info.training`).",
         },
         "lr": {
             "type": ["number", "null"],
@@ -121,8 +123,29 @@ def resolve_training_options(options: Mapping[str, Any] | None = None) -> dict[s
     options = dict(options or {})
     errors = schema_errors(TRAINING_SCHEMA, options)
     if errors:
-        raise OptionsError("invalid training options:\n" + "\n".join(f"  - {e}" for e in errors))
+        raise OptionsError(
+            "invalid training options:\n" + "\n".join(f"  - {e}" for e in errors),
+            problems=errors,
+        )
     resolved = fill_defaults(TRAINING_SCHEMA, options)
     if resolved["lr"] is None:
         resolved["lr"] = DEFAULT_LR[resolved["optimizer"]]
     return resolved
+
+
+def options_table() -> str:
+    """Every trainer option with its default and description, as a Markdown table
+    (docs/training.md holds it; a test keeps the two the same)."""
+    import json
+
+    rows = ["| option | default | what it does |", "|---|---|---|"]
+    for name, prop in TRAINING_SCHEMA["properties"].items():
+        if "enum" in prop:
+            kind = " or ".join(f"`{v}`" for v in prop["enum"])
+        else:
+            types = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
+            kind = " or ".join(types)
+        default = json.dumps(prop.get("default"))
+        text = " ".join(prop.get("description", "").split())
+        rows.append(f"| `{name}` ({kind}) | `{default}` | {text} |")
+    return "\n".join(rows) + "\n"

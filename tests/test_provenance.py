@@ -1,0 +1,391 @@
+"""Cache keys follow the code: fingerprints, recompute reasons, provenance, refused workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import start, stop, write_synthetic_dataset, xleval_subprocess
+
+from xleval import provenance
+from xleval.plugins import get_plugin_manager
+from xleval.report import read_report
+from xleval.runner import CellTask, WorkerMismatchError
+
+pytestmark = pytest.mark.usefixtures("clean_plugin_env")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+BIN = Path(sys.executable).parent
+
+
+def write_package(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+
+def test_the_closure_follows_imports_without_running_them(tmp_path, monkeypatch):
+    write_package(
+        tmp_path,
+        {
+            "pkg/__init__.py": "from . import registered, unrelated\nraise SystemExit('ran')\n",
+            "pkg/registered.py": "def factory():\n    from .lazy import thing\n    return thing\n",
+            "pkg/lazy.py": "from pkg.helpers import helper\nthing = 1\n",
+            "pkg/helpers.py": "import importlib\nimportlib.import_module('pkg.dynamic')\n"
+            "def helper():\n    pass\n",
+            "pkg/dynamic.py": "raise SystemExit('ran')\n",
+            "pkg/unrelated.py": "import json\n",
+            "pkg/sub/__init__.py": "",
+            "pkg/sub/deep.py": "from ..helpers import helper\n",
+        },
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    provenance.module_origin.cache_clear()
+    found = provenance.module_closure(["pkg.registered"], ["pkg"])
+    assert sorted(found) == ["pkg", "pkg.dynamic", "pkg.helpers", "pkg.lazy", "pkg.registered"]
+    assert "pkg" not in sys.modules  # nothing was imported, so nothing ran
+    deep = provenance.module_closure(["pkg.sub.deep"], ["pkg"])
+    assert sorted(deep) == ["pkg", "pkg.dynamic", "pkg.helpers", "pkg.sub", "pkg.sub.deep"]
+
+    before = provenance.fingerprint(found)
+    (tmp_path / "pkg" / "unrelated.py").write_text("import os\n")
+    assert provenance.fingerprint(provenance.module_closure(["pkg.registered"], ["pkg"])) == before
+    time.sleep(0.01)
+    (tmp_path / "pkg" / "helpers.py").write_text("def helper():\n    return 2\n")
+    after = provenance.module_closure(["pkg.registered"], ["pkg"])
+    assert provenance.fingerprint(after) != before
+    assert "pkg.dynamic" not in after  # the edit removed that import
+
+
+def test_the_core_fingerprint_covers_what_computes_cells_and_not_the_statistics():
+    core = dict(provenance._core_modules())
+    for module in ("xleval.runner", "xleval.methods", "xleval.training", "xleval.sampling"):
+        assert module in core
+    assert "xleval._rowkernels" in core or not provenance.module_origin("xleval._rowkernels")
+    for module in ("xleval.stats", "xleval.analysis", "xleval.report", "xleval.cli"):
+        assert module not in core
+
+
+def test_every_xleval_module_a_cell_imports_is_in_its_fingerprint(tmp_path):
+    """Guards CORE_ROOTS and the closure: run a cell in a fresh process, then compare the
+    xleval modules it imported with those its key covers."""
+    data = write_synthetic_dataset(tmp_path / "syn.jsonl", groups_per_label=6)
+    script = f"""
+import json, sys
+from xleval.plugins import get_plugin_manager
+from xleval.runner import method_options
+from xleval.methods import make_method, run_cell
+from xleval.provenance import method_environments, key_environment, component_refs
+from xleval import provenance
+pm = get_plugin_manager()
+dataset = pm.registry.build("datasets", "jsonl", {{"path": {str(data)!r}}}).load()
+for protocol in ("transfer", "fusion"):
+    method = make_method(protocol, {{"model_options": {{"dim": 8, "buckets": 500}},
+                                     "training": {{"epochs": 1}}}}, registry=pm.registry)
+    run_cell(method, dataset, ["en"], "de", 4, 1, registry=pm.registry,
+             metrics=["accuracy", "nll", "macro_f1"])
+refs = [("datasets", "jsonl"), ("metrics", "accuracy"), ("metrics", "nll"),
+        ("metrics", "macro_f1"), ("models", "bag-of-embeddings"),
+        ("transfer_strategies", "weight-copy"), ("fusion_strategies", "exp-sum")]
+covered = set(dict(provenance._core_modules()))
+for kind, name in refs:
+    covered |= set(provenance.component_code(pm, kind, name)[1])
+    component = pm.registry.get(kind, name)
+    roots = provenance._defining_modules(component, None)
+    covered |= set(provenance.module_closure(roots, {{r.split('.')[0] for r in roots}}))
+used = sorted(m for m in sys.modules if m.split('.')[0] in ("xleval", "xleval_plugins"))
+print(json.dumps({{"used": used, "covered": sorted(covered)}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    # loaded to find and build components, never computing a result: plugin loading, the
+    # CLI-free registry, the entry points of other kinds, and this fingerprinting itself
+    not_computing = {
+        "xleval.plugins",
+        "xleval.hookspecs",
+        "xleval.provenance",
+        "xleval_plugins.dask_executor",
+        "xleval_plugins.executors",
+        "xleval_plugins.html_report",
+        "xleval_plugins.reporters",
+    }
+    missing = set(result["used"]) - set(result["covered"]) - not_computing
+    assert not missing, f"modules a cell ran but its key does not cover: {sorted(missing)}"
+
+
+SPEC_JSON = {
+    "dataset": {"name": "jsonl", "options": {}},
+    "metrics": [{"name": "accuracy", "options": {}}],
+    "methods": [{"label": "t", "model": {"name": "bag-of-embeddings"}, "transfer": None}],
+    "executor": {"name": "local", "options": {}},
+}
+
+
+def environment_with(**changes):
+    pm = get_plugin_manager(strict=False)
+    env = provenance.spec_environment(pm, SPEC_JSON)
+    changed = json.loads(json.dumps(env))
+    for path, value in changes.items():
+        *parents, last = path.split("|")
+        node = changed
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return env, changed
+
+
+def test_differences_are_said_in_words():
+    env, worker = environment_with(torch="2.12.0", row_kernel=not provenance._platform_facts())
+    worker["row_kernel"] = not env["row_kernel"]
+    worker["components"]["models/bag-of-embeddings"] = None
+    worker["xleval"]["code"] = "0" * 16
+    words = provenance.describe_mismatch(env, worker)
+    assert f"torch 2.12.0 ≠ {env['torch']} on the driver" in words
+    kernel = {True: "on", False: "off"}
+    assert f"row kernel {kernel[worker['row_kernel']]} ≠ {kernel[env['row_kernel']]}" in (
+        " ".join(words)
+    )
+    assert "code of xleval differs from the driver's" in words
+    assert "model 'bag-of-embeddings' of plugin 'xleval.models' (xleval) missing" in words
+
+    _, edited = environment_with(**{"components|metrics/accuracy|code": "f" * 16})
+    assert provenance.describe_changes(env, edited) == ["code of plugin 'xleval.metrics' changed"]
+    _, bumped = environment_with(**{"xleval|version": "0.0.1"})
+    assert provenance.describe_changes(bumped, env) == [
+        f"xleval 0.0.1 -> {env['xleval']['version']}"
+    ]
+
+
+def test_a_worker_that_differs_is_refused_naming_it_and_the_differences(tmp_path):
+    env, driver = environment_with(numpy="0.0.0")
+    task = CellTask(SPEC_JSON, str(tmp_path), environment=driver)
+    provenance.set_worker_label("tcp://10.0.0.5:40123")
+    try:
+        with pytest.raises(WorkerMismatchError) as caught:
+            task.check_worker()
+    finally:
+        provenance._worker_label = None
+    assert str(caught.value) == (
+        f"worker tcp://10.0.0.5:40123: numpy {env['numpy']} ≠ 0.0.0 on the driver"
+    )
+
+
+# -- end to end: an editable plugin whose code is edited between runs --------------------
+
+
+def editable_install(tmp_path: Path) -> tuple[Path, Path]:
+    """What ``pip install -e`` amounts to: the distribution's metadata in one folder on the
+    path, its code imported from where it is edited. Returns (site, source package)."""
+    source = tmp_path / "src"
+    shutil.copytree(FIXTURES / "xleval-editable-plugin", source)
+    site = tmp_path / "site"
+    info = site / "xleval_editable_plugin-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    info.joinpath("METADATA").write_text(
+        "Metadata-Version: 2.1\nName: xleval-editable-plugin\nVersion: 0.1.0\n"
+    )
+    info.joinpath("entry_points.txt").write_text("[xleval]\neditable = xleval_editable\n")
+    return site, source
+
+
+EDITABLE_SPEC = """
+name = "editable"
+dataset = {{ name = "jsonl", options = {{ path = "{data}" }} }}
+source = "en"
+targets = ["de"]
+shots = [4, 8]
+seeds = [1, 2]
+metrics = ["accuracy"]
+training = {{ epochs = 2, min_steps = 0 }}
+
+[[methods]]
+label = "a"
+protocol = "target-only"
+model = "tiny-a"
+[[methods]]
+label = "b"
+protocol = "target-only"
+model = "tiny-b"
+"""
+
+
+def test_editing_a_plugin_recomputes_its_cells_only_and_says_why(tmp_path):
+    site, source = editable_install(tmp_path)
+    data = write_synthetic_dataset(tmp_path / "syn.jsonl", groups_per_label=8)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(EDITABLE_SPEC.format(data=data))
+    path = f"{site}{os.pathsep}{source}"
+
+    def run(*extra):
+        done = xleval_subprocess(
+            ["run", str(spec), "--out", str(tmp_path / "run"), "-q", *extra], pythonpath=path
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stderr, read_report(tmp_path / "run")
+
+    _, first = run()
+    assert first["run"]["cells_computed"] == 8
+    cell = first["cells"][0]
+    made = cell["provenance"]
+    assert made["executor"] == "local" and made["worker"]
+    assert made["environment"]["components"]["models/tiny-" + cell["method"]]["plugin"] == (
+        "editable"
+    )
+    assert made["environment"]["row_kernel"] in (True, False)
+
+    _, unchanged = run()
+    assert unchanged["run"]["cells_cached"] == 8
+
+    model_a = source / "xleval_editable" / "model_a.py"
+    model_a.write_text(model_a.read_text().replace("SCALE = 1.0", "SCALE = 3.0"))
+    stderr, edited = run()
+    assert edited["run"]["cells_computed"] == 4 and edited["run"]["cells_cached"] == 4
+    assert "4 cells recomputed: code of plugin 'editable' changed" in stderr
+    before = {(c["method"], c["shots"], c["seed"]): c for c in first["cells"]}
+    for c in edited["cells"]:
+        same = before[(c["method"], c["shots"], c["seed"])]["key"] == c["key"]
+        assert same == (c["method"] == "b")
+
+    stderr, forced = run("--recompute-matching", "b")
+    assert forced["run"]["cells_computed"] == 4
+    assert "4 cells recomputed: --recompute" in stderr
+    stderr, everything = run("--recompute")
+    assert everything["run"]["cells_computed"] == 8 and "8 cells recomputed" in stderr
+    assert "cells " in stderr and "total " in stderr
+
+
+# -- a real cluster whose workers differ from the driver ----------------------------------
+
+
+@pytest.mark.slow
+def test_a_cluster_refuses_workers_that_differ_and_names_them(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    site, source = editable_install(tmp_path)
+    data = write_synthetic_dataset(tmp_path / "syn.jsonl", groups_per_label=8)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(EDITABLE_SPEC.format(data=data))
+    scheduler_file = tmp_path / "scheduler.json"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("XLEVAL_")}
+    base.pop("PYTHONPATH", None)
+    processes = [
+        start(
+            [
+                str(BIN / "dask"),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
+            tmp_path / "scheduler.log",
+            env=base,
+        )
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with_plugin = {**base, "PYTHONPATH": f"{site}{os.pathsep}{source}"}
+        workers = {
+            "good": with_plugin,
+            "no-kernel": {**with_plugin, "XLEVAL_ROW_KERNEL": "0"},
+            "no-plugin": base,
+        }
+        for name, env in workers.items():
+            processes.append(
+                start(
+                    [
+                        str(BIN / "dask"),
+                        "worker",
+                        "--scheduler-file",
+                        str(scheduler_file),
+                        "--nthreads",
+                        "1",
+                        "--no-dashboard",
+                        "--name",
+                        name,
+                    ],
+                    tmp_path / f"{name}.log",
+                    env=env,
+                )
+            )
+        # python -S skips site-packages' .pth files, so the editable install of xleval is
+        # not importable, while PYTHONPATH still offers dask and torch: a worker without it
+        site_packages = next(p for p in sys.path if p.endswith("site-packages"))
+        processes.append(
+            start(
+                [
+                    sys.executable,
+                    "-S",
+                    "-m",
+                    "distributed.cli.dask_worker",
+                    "--scheduler-file",
+                    str(scheduler_file),
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--name",
+                    "no-xleval",
+                ],
+                tmp_path / "no-xleval.log",
+                env={**base, "PYTHONPATH": site_packages},
+                cwd=tmp_path,
+            )
+        )
+        with distributed.Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
+            client.wait_for_workers(4, timeout=90)
+            address = client.scheduler.address
+            names = {w: info["name"] for w, info in client.scheduler_info()["workers"].items()}
+        done = subprocess.run(
+            [
+                str(BIN / "xleval"),
+                "run",
+                str(spec),
+                "--out",
+                str(tmp_path / "run"),
+                "-q",
+                "--executor",
+                "dask",
+                "--executor-option",
+                f"address={address}",
+            ],
+            env=with_plugin,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        for process in processes:
+            stop(process)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    kernel = read_kernel_state()
+    assert f"{3 if kernel else 2} of 4 dask workers cannot compute these cells" in done.stderr
+    by_name = {name: address for address, name in names.items()}
+    if kernel:  # the compiled kernel is built here: switching it off is a difference
+        assert f"worker {by_name['no-kernel']}: row kernel off ≠ on on the driver" in done.stderr
+    assert f"worker {by_name['no-plugin']}: " in done.stderr
+    assert "model 'tiny-a' of plugin 'editable' (xleval-editable-plugin) missing" in done.stderr
+    assert f"worker {by_name['good']}" not in done.stderr
+    without = next(
+        line for line in done.stderr.splitlines() if f"worker {by_name['no-xleval']}: " in line
+    )
+    assert "No module named 'xleval" in without and len(without) < 300
+    assert not list((tmp_path / "run" / "cells").glob("*.json"))  # nothing computed or cached
+
+
+def read_kernel_state() -> bool:
+    from xleval.rowkernel import _rowkernels
+
+    return _rowkernels is not None
