@@ -67,6 +67,22 @@ def stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def dask_worker(scheduler_file: Path, name: str, log_dir: Path, env=None) -> subprocess.Popen:
+    """A ``dask worker`` process (one thread, no dashboard) of the scheduler in the file."""
+    command = [
+        str(Path(sys.executable).parent / "dask"),
+        "worker",
+        "--scheduler-file",
+        str(scheduler_file),
+        "--nthreads",
+        "1",
+        "--no-dashboard",
+        "--name",
+        name,
+    ]
+    return start(command, log_dir / f"{name}.log", env=env)
+
+
 def xleval_subprocess(args: list[str], *, pythonpath: Path | None = None, **env: str):
     """Run the real ``xleval`` console entry point in a child process."""
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("XLEVAL_")}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import start, stop
+from helpers import dask_worker, start, stop
 from test_runner import metrics_of, write_spec
 
 from xleval.cli import build_cli
@@ -122,22 +122,7 @@ def test_real_scheduler_survives_a_killed_worker(local_reference, tmp_path):
         while not scheduler_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         for name in ("w1", "w2"):
-            workers.append(
-                start(
-                    [
-                        str(BIN / "dask"),
-                        "worker",
-                        "--scheduler-file",
-                        str(scheduler_file),
-                        "--nthreads",
-                        "1",
-                        "--no-dashboard",
-                        "--name",
-                        name,
-                    ],
-                    tmp_path / f"{name}.log",
-                )
-            )
+            workers.append(dask_worker(scheduler_file, name, tmp_path))
         with distributed.Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
             client.wait_for_workers(2, timeout=60)
             address = client.scheduler.address

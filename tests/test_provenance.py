@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import start, stop, write_synthetic_dataset, xleval_subprocess
+from helpers import dask_worker, start, stop, write_synthetic_dataset, xleval_subprocess
 
 from xleval import provenance
 from xleval.plugins import get_plugin_manager
@@ -303,23 +303,7 @@ def test_a_cluster_refuses_workers_that_differ_and_names_them(tmp_path):
             "no-plugin": base,
         }
         for name, env in workers.items():
-            processes.append(
-                start(
-                    [
-                        str(BIN / "dask"),
-                        "worker",
-                        "--scheduler-file",
-                        str(scheduler_file),
-                        "--nthreads",
-                        "1",
-                        "--no-dashboard",
-                        "--name",
-                        name,
-                    ],
-                    tmp_path / f"{name}.log",
-                    env=env,
-                )
-            )
+            processes.append(dask_worker(scheduler_file, name, tmp_path, env=env))
         # python -S skips site-packages' .pth files, so the editable install of xleval is
         # not importable, while PYTHONPATH still offers dask and torch: a worker without it
         site_packages = next(p for p in sys.path if p.endswith("site-packages"))
