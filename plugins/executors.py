@@ -7,8 +7,10 @@ arrives, so an executor yields results as they complete, in any order.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from xleval.hookspecs import Register, hookimpl
@@ -54,34 +56,89 @@ class ProcessExecutor:
         self.threads = min(options.get("threads_per_worker") or fair_share, fair_share)
 
     def map(self, fn: Callable[[Any], Any], cells: Iterable[Any]) -> Iterator[Any]:
+        """Results as they complete. A worker that dies (the OOM killer, a segfault) breaks
+        the pool: the cells it had in flight are rerun one at a time in a fresh worker,
+        which finds the one that kills its worker; that cell fails after MAX_DEATHS deaths,
+        the others finish, and the rest of the grid goes on in a fresh pool."""
         cells = list(cells)
         if not cells:
             return
         # Workers fork from this process: import torch here once, not in each of them.
         getattr(fn, "preload", lambda: None)()
+        queue = deque(range(len(cells)))
+        suspects: deque[int] = deque()
+        deaths: dict[int, int] = {}
+        while queue or suspects:
+            if suspects:
+                index = suspects.popleft()
+                lost = yield from self._run(fn, cells, deque([index]), workers=1)
+            else:
+                lost = yield from self._run(fn, cells, queue, workers=self.workers)
+            for index in lost:
+                deaths[index] = deaths.get(index, 0) + 1
+                if deaths[index] >= MAX_DEATHS:
+                    yield _failure(
+                        fn,
+                        cells[index],
+                        f"its worker process died {deaths[index]} times while computing it "
+                        "(killed by a signal, e.g. out of memory?); the other cells went on",
+                    )
+                else:
+                    suspects.append(index)
+
+    def _run(
+        self, fn: Callable[[Any], Any], cells: list[Any], queue: deque[int], workers: int
+    ) -> Generator[Any, None, list[int]]:
+        """Run cells from ``queue`` (consumed) in one pool, yielding results; return the
+        indices of the cells lost when a worker died (the pool is then broken)."""
         # Keep at most 2 tasks per worker in flight, so an interrupted run wastes little and
         # results stream back in roughly submission order (shared artifacts first).
-        with ProcessPoolExecutor(
-            max_workers=min(self.workers, len(cells)),
+        pool = ProcessPoolExecutor(
+            max_workers=min(workers, len(queue)),
             initializer=_init_worker,
             initargs=(self.threads,),
-        ) as pool:
-            pending = set()
-            queue = iter(cells)
-            try:
-                for cell in queue:
-                    pending.add(pool.submit(fn, cell))
-                    if len(pending) >= 2 * self.workers:
-                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            yield future.result()
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        yield future.result()
-            finally:
-                for future in pending:
-                    future.cancel()
+        )
+        pending: dict[Any, int] = {}
+        broken = False
+        try:
+            while queue or pending:
+                while queue and len(pending) < 2 * workers:
+                    index = queue.popleft()
+                    try:
+                        pending[pool.submit(fn, cells[index])] = index
+                    except BrokenProcessPool:
+                        queue.appendleft(index)
+                        broken = True
+                        break
+                if broken:
+                    break
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    index = pending.pop(future)
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:
+                        pending[future] = index  # lost with the others in flight
+                        broken = True
+                        continue
+                    yield result
+                if broken:
+                    break
+            return list(pending.values()) if broken else []
+        finally:
+            pool.shutdown(wait=not broken, cancel_futures=True)
+
+
+MAX_DEATHS = 3
+
+
+def _failure(fn: Any, cell: Any, message: str) -> Any:
+    from xleval.errors import XlevalError
+
+    failure = getattr(fn, "failure", None)
+    if failure is None:
+        raise XlevalError(f"{cell}: {message}")
+    return failure(cell, XlevalError(message))
 
 
 WORKERS_SCHEMA = {

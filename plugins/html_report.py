@@ -59,9 +59,13 @@ class Figure:
         fig.savefig(png, format="png", dpi=110, bbox_inches="tight")
         self.width, self.height = (int(v) for v in fig.get_size_inches() * 110)
         if plots_dir is not None:
-            plots_dir.mkdir(parents=True, exist_ok=True)
-            (plots_dir / f"{name}.png").write_bytes(png.getvalue())
-            fig.savefig(plots_dir / f"{name}.svg", format="svg", bbox_inches="tight")
+            from xleval.cache import atomic_write_bytes
+
+            svg = io.BytesIO()
+            fig.savefig(svg, format="svg", bbox_inches="tight")
+            # atomic: a run killed while writing leaves the old file or none, never a part
+            atomic_write_bytes(plots_dir / f"{name}.png", png.getvalue())
+            atomic_write_bytes(plots_dir / f"{name}.svg", svg.getvalue())
         self.uri = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
         self.caption = caption
         self.alt = alt
@@ -102,6 +106,8 @@ class HtmlReporter:
         metric = spec["main_metric"]
         numeric = [s for s in spec["shots"] if s != "all"]
         aggs = [a for a in report["aggregates"] if a["metric"] == metric]
+        if not any(a["mean"] is not None for a in aggs):
+            return []  # every cell failed: nothing to draw (the page lists the failures)
         break_even = {
             (label, target): entry["shots"]
             for label, summary in report.get("summary", {}).items()

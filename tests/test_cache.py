@@ -13,6 +13,7 @@ RESULT = {
     "cell": {"method": "zero-shot", "sources": ["en"], "target": "dé", "shots": 0, "seed": 1},
     "status": "ok",
     "metrics": {"accuracy": 0.625, "nll": 1.0000000000000002},
+    "source_metrics": {},
     "predictions": {"de": {"ids": ["b", "a"], "probs_f32": "AAAAPw=="}},
 }
 

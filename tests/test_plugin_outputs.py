@@ -203,3 +203,5 @@ def test_a_nan_metric_fails_its_cells_and_the_report_stays_json(tmp_path, plugin
     assert not list((tmp_path / "run" / "cells").glob("*.json"))  # nothing wrong was cached
     again = xleval_subprocess(["validate", str(tmp_path / "run" / "report.json")])
     assert again.returncode == 0, again.stderr
+    page = (tmp_path / "run" / "report.html").read_text()  # every cell failed: it still renders
+    assert "metric &#39;nan_metric&#39; returned nan" in page

@@ -53,6 +53,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+#: Fields every stored cell result has; a file without one is corrupt, however its checksum.
+RESULT_FIELDS = ("cell", "status", "metrics", "source_metrics", "predictions")
+
+
 class CellStore:
     """Finished cells of one run directory, keyed by content hash."""
 
@@ -73,6 +77,8 @@ class CellStore:
                 envelope["key"] == key
                 and envelope["sha256"]
                 == hashlib.sha256(canonical_json(result).encode()).hexdigest()
+                and isinstance(result, dict)
+                and all(field in result for field in RESULT_FIELDS)
             )
         except FileNotFoundError:
             return None

@@ -53,12 +53,35 @@ class XlevalGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except XlevalError as exc:
+        except (XlevalError, OSError) as exc:
             state = ctx.find_object(CliState)
             if state is not None and state.debug:
                 raise
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+            message = str(exc) if isinstance(exc, XlevalError) else filesystem_message(exc)
+            click.echo(f"error: {message}", err=True)
+            ctx.exit(getattr(exc, "exit_code", 1))
+
+
+#: What to do about a filesystem error, by errno name.
+FILESYSTEM_ADVICE = {
+    "ENOSPC": "free some space and run again: finished cells are kept",
+    "EDQUOT": "free some space and run again: finished cells are kept",
+    "EACCES": "check its permissions, or choose another --out",
+    "EPERM": "check its permissions, or choose another --out",
+    "EROFS": "the filesystem is read-only: choose another --out",
+    "ENOTDIR": "a part of the path is a file, not a folder",
+    "EISDIR": "a folder is where a file was expected: move it away",
+}
+
+
+def filesystem_message(exc: OSError) -> str:
+    """One line for an OSError: the path, the system's words and what to do."""
+    import errno
+
+    name = errno.errorcode.get(exc.errno or 0, "")
+    where = exc.filename if exc.filename is not None else "(a file)"
+    advice = FILESYSTEM_ADVICE.get(name)
+    return f"{where}: {exc.strerror or exc}" + (f" ({advice})" if advice else "")
 
 
 def build_cli(plugin_manager_factory: PluginManagerFactory = get_plugin_manager) -> click.Group:

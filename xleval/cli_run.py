@@ -45,12 +45,30 @@ def prepare_spec(state: CliState, path: str, executor: str | None, executor_opti
     return resolve_spec(raw, state.pm.registry, source=path)
 
 
+#: Fewer test examples than this in a source or target language refuse a run: no metric
+#: on one example says anything, and no interval can be computed (README, "Your own data").
+MIN_TEST_EXAMPLES = 2
+
+
 def check_languages(spec, dataset) -> None:
+    """Every source and target is in the dataset and has test examples to score; a run that
+    could not report anything stops here, before any training."""
     missing = [lang for lang in (*spec.sources, *spec.targets) if lang not in dataset.languages]
     if missing:
         raise RunError(
             f"dataset '{dataset.name}' has no language(s) {', '.join(missing)} "
             f"(it has: {', '.join(dataset.languages)})"
+        )
+    counts = dataset.split_counts()
+    short = [
+        f"{lang} ({'source' if lang in spec.sources else 'target'}): {counts[lang]['test']}"
+        for lang in (*spec.sources, *spec.targets)
+        if counts[lang]["test"] < MIN_TEST_EXAMPLES
+    ]
+    if short:
+        raise RunError(
+            f"dataset '{dataset.name}': too few test examples to evaluate on (at least "
+            f"{MIN_TEST_EXAMPLES} needed): {'; '.join(short)}"
         )
 
 
@@ -142,6 +160,12 @@ def add_run_commands(cli: click.Group) -> None:
     @click.option("--dry-run", is_flag=True, help="Print the grid and cell count; run nothing.")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
     @click.option(
+        "--force",
+        is_flag=True,
+        help="Write into a non-empty folder that is not an xleval run directory (xleval's "
+        "output names must be free there: it never overwrites files it did not write).",
+    )
+    @click.option(
         "--recompute",
         is_flag=True,
         help="Ignore cached results: compute every cell again (and cache the new results).",
@@ -165,12 +189,14 @@ def add_run_commands(cli: click.Group) -> None:
         fail_fast,
         dry_run,
         quiet,
+        force,
         recompute,
         recompute_patterns,
     ):
         """Run an experiment spec and write RUN_DIR/report.json."""
         from xleval.dataset_rules import load_dataset
         from xleval.report import build_report, write_report
+        from xleval.rundir import RunDirectory
         from xleval.runner import expand_grid, print_failures, run_cells, write_predictions
         from xleval.spec import check_components
 
@@ -187,53 +213,58 @@ def add_run_commands(cli: click.Group) -> None:
         dataset = load_dataset(state.pm.registry, spec.dataset.name, spec.dataset.options)
         check_languages(spec, dataset)
         print_warnings(dataset.warnings)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        progress = Progress(enabled=not quiet and sys.stderr.isatty())
+        # locked for this run; refused if another run holds it or the folder is not ours
+        run_directory = RunDirectory.open(run_dir, force=force)
         try:
-            outcome = run_cells(
-                spec,
-                state.pm,
-                dataset,
-                run_dir,
-                executor=runner,
-                disabled=state.disabled,
-                fail_fast=fail_fast,
-                recompute=recompute_filter(recompute, recompute_patterns),
-                on_start=progress.start,
-                on_result=progress.advance,
+            progress = Progress(enabled=not quiet and sys.stderr.isatty())
+            try:
+                outcome = run_cells(
+                    spec,
+                    state.pm,
+                    dataset,
+                    run_dir,
+                    executor=runner,
+                    disabled=state.disabled,
+                    fail_fast=fail_fast,
+                    recompute=recompute_filter(recompute, recompute_patterns),
+                    on_start=progress.start,
+                    on_result=progress.advance,
+                )
+            finally:
+                progress.finish()
+            report = build_report(spec, state.pm, dataset, outcome)
+            write_report(report, run_dir / "report.json")
+            write_predictions(run_dir, outcome)
+            write_html(state, report, run_dir)
+            write_with(state, "table", {}, report, None)
+            print_warnings(shortfall_warnings(report))
+            run = report["run"]
+            for reason, count in outcome.recomputed.items():
+                click.echo(f"{count} {plural(count, 'cell')} recomputed: {reason}", err=True)
+            click.echo(
+                f"{run['cells_total']} cells: {run['cells_computed']} computed, "
+                f"{run['cells_cached']} cached, {run['cells_failed']} failed; "
+                f"cells {run['wall_seconds']:.1f} s, total {time.perf_counter() - started:.1f} s; "
+                f"report: {run_dir / 'report.json'}",
+                err=True,
             )
+            for path in outcome.corrupt:
+                click.echo(f"warning: corrupt cache entry recomputed: {path}", err=True)
+            if outcome.interrupted:
+                click.echo("interrupted: finished cells are kept; run again to finish", err=True)
+                sys.exit(EXIT_INTERRUPTED)
+            if run["cells_failed"]:
+                print_failures(outcome)
+                sys.exit(EXIT_CELLS_FAILED)
         finally:
-            progress.finish()
-        report = build_report(spec, state.pm, dataset, outcome)
-        write_report(report, run_dir / "report.json")
-        write_predictions(run_dir, outcome)
-        write_html(state, report, run_dir)
-        write_with(state, "table", {}, report, None)
-        print_warnings(shortfall_warnings(report))
-        run = report["run"]
-        for reason, count in outcome.recomputed.items():
-            click.echo(f"{count} {plural(count, 'cell')} recomputed: {reason}", err=True)
-        click.echo(
-            f"{run['cells_total']} cells: {run['cells_computed']} computed, "
-            f"{run['cells_cached']} cached, {run['cells_failed']} failed; "
-            f"cells {run['wall_seconds']:.1f} s, total {time.perf_counter() - started:.1f} s; "
-            f"report: {run_dir / 'report.json'}",
-            err=True,
-        )
-        for path in outcome.corrupt:
-            click.echo(f"warning: corrupt cache entry recomputed: {path}", err=True)
-        if outcome.interrupted:
-            click.echo("interrupted: finished cells are kept; run again to finish", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        if run["cells_failed"]:
-            print_failures(outcome)
-            sys.exit(EXIT_CELLS_FAILED)
+            run_directory.close()
 
     @cli.command("validate")
     @click.argument("path", type=click.Path(dir_okay=False))
     @click.pass_obj
     def validate_command(state, path):
         """Check an experiment spec or a report against its schema."""
+        from xleval.dataset_rules import load_dataset
         from xleval.report import read_report
         from xleval.runner import expand_grid
         from xleval.spec import check_components, load_spec
@@ -246,9 +277,12 @@ def add_run_commands(cli: click.Group) -> None:
             return
         spec = load_spec(path, state.pm.registry)
         check_components(spec, state.pm.registry, source=path)
+        dataset = load_dataset(state.pm.registry, spec.dataset.name, spec.dataset.options)
+        check_languages(spec, dataset)
+        print_warnings(dataset.warnings)
         click.echo(
             f"ok: {path} is a valid experiment spec ({len(expand_grid(spec))} cells; every "
-            "component built with its options)"
+            "component built with its options, the data loaded and checked)"
         )
         print_warnings(spec.warnings)
 

@@ -56,6 +56,10 @@ _LANGUAGE_TAG = re.compile(
 # Undecodable bytes survive decoding as lone surrogates (surrogateescape) so the row and
 # field holding them can be named.
 _BAD_BYTES = re.compile("[\udc80-\udcff]")
+#: A UTF-16 surrogate that is not a decoding stand-in: JSON's "\ud800" escapes make these.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: csv's default field limit (128 KiB) would refuse a long text that JSONL accepts.
+csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
 
 
 @dataclass(frozen=True)
@@ -271,6 +275,9 @@ def _parse_jsonl(path: str, text: str) -> list[Record]:
                 f"{path}:{number}: malformed JSON ({exc.msg} at column {exc.colno}): {clip(line)}"
             )
             continue
+        except (ValueError, RecursionError) as exc:  # a 4300-digit integer; deep nesting
+            errors.add(f"{path}:{number}: cannot read this JSON ({exc}): {clip(line)}")
+            continue
         if not isinstance(value, dict):
             errors.add(
                 f"{path}:{number}: expected a JSON object, got {type(value).__name__}: "
@@ -375,6 +382,13 @@ class _RowChecker:
                     f"{clip(value)}; save the file as UTF-8"
                 )
                 return None
+        lone = _SURROGATE.search(value)
+        if lone is not None:
+            self.errors.add(
+                f"{loc}: field {what} holds a lone surrogate (\\u{ord(lone.group()):04x}), "
+                f"which is not text: {clip(value)}"
+            )
+            return None
         return value if name == "text" else value.strip()
 
     def lang(self, values: dict[str, Any], loc: str) -> str | None:

@@ -52,3 +52,7 @@ class DataError(XlevalError):
 
 class SpecError(XlevalError):
     """An experiment spec is invalid: the message lists every error with its JSON path."""
+
+
+class TrainingDivergedError(XlevalError):
+    """Training produced a non-finite loss: the message gives the epoch, step and settings."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -116,8 +117,22 @@ def schema_errors(schema: dict[str, Any], instance: Any, root: str = "(options)"
     """Every way ``instance`` violates ``schema``, each as 'at PATH: WHAT', in a stable order."""
     validator = validator_for(schema)(schema)
     found = [explain(e) for e in validator.iter_errors(instance)]
+    # JSON has no NaN or infinity, and a schema's range checks are all false for NaN
+    found += [(path, f"{value} is not a finite number") for path, value in non_finite(instance)]
     found.sort(key=lambda pair: ([str(p) for p in pair[0]], pair[1]))
     return [f"at '{format_path(path, root)}': {message}" for path, message in found]
+
+
+def non_finite(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], float]]:
+    """(path, value) of every NaN or infinity in JSON-like ``value``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from non_finite(item, (*path, key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from non_finite(item, (*path, i))
 
 
 def explain(error: jsonschema.ValidationError) -> tuple[Any, str]:

@@ -72,7 +72,13 @@ def rescore(
         stored = predictions.get((key, lang))
         if stored is None:
             raise XlevalError(f"predictions.jsonl has no predictions for cell {key} in {lang}")
-        y_true, probs = decode_predictions(stored)
+        try:
+            y_true, probs = decode_predictions(stored)
+        except (ValueError, TypeError, KeyError) as exc:  # bad base64, shape or fields
+            raise XlevalError(
+                f"predictions.jsonl: the predictions of cell {key} in {lang} are damaged "
+                f"({type(exc).__name__}: {exc}); run the spec again to rewrite them"
+            ) from None
         return metric_values(
             {name: metric.compute(y_true, probs) for name, metric in metrics.items()}
         )

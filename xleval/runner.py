@@ -20,10 +20,9 @@ from xleval.cache import CellStore, atomic_write_bytes, content_key
 from xleval.data import MultilingualDataset
 from xleval.errors import XlevalError
 from xleval.plugins import XlevalPluginManager, get_plugin_manager
-from xleval.spec import ExperimentSpec, MethodSpec
+from xleval.spec import SKIP_AT_ZERO, ExperimentSpec, MethodSpec
 
 #: Protocols whose models depend on k; the others are skipped where k makes no sense.
-SKIP_AT_ZERO = {"target-only", "joint"}
 
 
 @dataclass(frozen=True)
@@ -578,7 +577,9 @@ def write_predictions(run_dir: Path, outcome: RunOutcome) -> Path:
         if result is None or result["status"] != "ok":
             continue
         for lang, stored in sorted(result["predictions"].items()):
-            lines.append(json.dumps({"key": key, **cell.to_json(), "lang": lang, **stored}))
+            lines.append(
+                json.dumps({"key": key, **cell.to_json(), "lang": lang, **stored}, sort_keys=True)
+            )
     path = run_dir / "predictions.jsonl"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
     return path

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ PROTOCOLS: tuple[str, ...] = ("target-only", "zero-shot", "transfer", "fusion", 
 LEARNS_FROM_SOURCE = frozenset({"zero-shot", "transfer", "fusion", "joint"})
 #: statistics options that older versions used and this one ignores (nothing is resampled).
 RETIRED_STATISTICS = ("bootstrap", "seed")
+#: Protocols without a k = 0 cell (they train on target shots; at k = 0 joint is zero-shot).
+SKIP_AT_ZERO = {"target-only", "joint"}
 DEFAULT_TRANSFER = "weight-copy"
 DEFAULT_FUSION = "exp-sum"
 
@@ -122,6 +125,15 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
     suffix = path.suffix.lower()
+    if len(text) > MAX_SPEC_CHARS:
+        raise SpecError(
+            f"{path}: {len(text):,} characters; a spec is at most {MAX_SPEC_CHARS:,} (it names "
+            "components and lists languages, shots and seeds: data belongs in a data file)"
+        )
+    if suffix == ".toml":
+        deep = deep_toml_key(text)
+        if deep is not None:  # tomllib takes minutes over 50,000-part dotted keys
+            raise SpecError(f"{path}:{deep}: a key nested more than {MAX_DEPTH} levels deep")
     try:
         if suffix == ".toml":
             data = tomllib.loads(text)
@@ -135,9 +147,60 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
         raise SpecError(f"{path}: invalid TOML: {exc}") from None
     except json.JSONDecodeError as exc:
         raise SpecError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: nested too deeply to read") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise SpecError(f"{path}: cannot read: {exc}") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: the spec must be a table/object, not {type(data).__name__}")
+    problem = size_problem(data)
+    if problem is not None:
+        raise SpecError(f"{path}: {problem}")
     return resolve_data_path(data, path.parent)
+
+
+#: Limits that keep every spec readable in well under a second (tests/test_hardening.py).
+MAX_SPEC_CHARS = 200_000
+MAX_DEPTH = 32
+MAX_INTEGER = 2**63 - 1
+#: Above this many cells a spec is refused (a grid this size is a typo, or needs splitting).
+MAX_CELLS = 1_000_000
+#: Above this many cells, a warning with the count.
+WARN_CELLS = 10_000
+
+
+def deep_toml_key(text: str) -> int | None:
+    """The line number of the first TOML key or table header with more than MAX_DEPTH
+    dotted parts (quoted parts may hold dots), or None."""
+    for number, line in enumerate(text.split("\n"), 1):
+        key = line.split("=", 1)[0] if "=" in line else line
+        if key.count(".") <= MAX_DEPTH:
+            continue
+        unquoted = re.sub(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'', "", key)
+        if unquoted.count(".") > MAX_DEPTH:
+            return number
+    return None
+
+
+def size_problem(data: Any) -> str | None:
+    """The first value nested deeper than MAX_DEPTH or an integer beyond 64 bits, by path;
+    iterative, so no nesting depth can exhaust the stack."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"at '{where}': nested more than {MAX_DEPTH} levels deep"
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and abs(value) > MAX_INTEGER:
+            return f"at '{where}': an integer beyond 64 bits ({str(value)[:20]}...)"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((item, f"{where}.{key}" if where else str(key), depth + 1))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                stack.append((item, f"{where}[{i}]", depth + 1))
+    return None
 
 
 def resolve_data_path(spec: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -188,6 +251,9 @@ def resolve_spec(
 
     Raises ``SpecError`` listing every problem found, each prefixed by its JSON path.
     """
+    problem = size_problem(dict(raw))
+    if problem is not None:
+        raise SpecError(f"{source}: {problem}")
     schema = load_schema("experiment")
     errors = schema_errors(schema, dict(raw), root="(spec)")
     if errors:
@@ -309,10 +375,24 @@ def resolve_spec(
             if label not in labels:
                 errors.append(f"at 'statistics.compare[{i}][{j}]': '{label}' is not a method label")
 
+    cells = sum(
+        len(targets) * len(spec["seeds"]) * method_shots(m["protocol"], spec["shots"], sources)
+        for m in spec["methods"]
+    )
+    if cells > MAX_CELLS:
+        errors.append(
+            f"at 'methods': {cells:,} cells (methods x targets x shots x seeds); at most "
+            f"{MAX_CELLS:,}: split the grid into several specs"
+        )
+    elif cells > WARN_CELLS:
+        warnings.append(
+            f"{cells:,} cells: a large grid (the quickstart's 280 took 76 s on 2 cores; "
+            "`xleval run --dry-run` shows it per method and target)"
+        )
     if errors:
         raise _spec_error(source, errors)
     return ExperimentSpec(
-        name=spec.get("name", Path(source).stem),
+        name=spec.get("name") or slug(Path(source).stem),
         description=spec.get("description", ""),
         dataset=dataset,
         sources=sources,
@@ -326,6 +406,20 @@ def resolve_spec(
         methods=tuple(methods),
         warnings=tuple(warnings),
     )
+
+
+def method_shots(protocol: str, shots: list[Any], sources: tuple[str, ...]) -> int:
+    """How many shots columns a method runs (as ``xleval.runner.expand_grid`` plans them)."""
+    if protocol == "zero-shot":
+        return 1
+    skip_zero = protocol in SKIP_AT_ZERO or (protocol == "fusion" and len(sources) == 1)
+    return sum(1 for k in shots if not (k == 0 and skip_zero))
+
+
+def slug(text: str) -> str:
+    """``text`` as a run-directory name the schema accepts (a spec file's stem, say)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip(".-_")[:100]
+    return cleaned or "experiment"
 
 
 def check_components(spec: ExperimentSpec, registry: Registry, source: str = "spec") -> None:

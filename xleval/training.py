@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xleval.errors import OptionsError
+from xleval.errors import OptionsError, TrainingDivergedError
 from xleval.rowkernel import _rowkernels, row_kernel_available
 from xleval.training_options import OPTIMIZERS, resolve_training_options
 
@@ -521,7 +521,14 @@ def train(
                 lr = opts["lr"]
                 if opts["lr_schedule"] == "linear":
                     lr *= 1.0 - report.steps / total_steps
-                loss_sum += step(batch, lr)
+                loss = step(batch, lr)
+                if not math.isfinite(loss):
+                    raise TrainingDivergedError(
+                        f"diverged: the training loss was {loss} at epoch {epoch + 1}, step "
+                        f"{report.steps + 1} (optimizer {opts['optimizer']}, lr {opts['lr']:g}, "
+                        f"{n} examples); lower the learning rate"
+                    )
+                loss_sum += loss
                 report.steps += 1
             report.epochs = epoch + 1
             report.final_loss = loss_sum / n
