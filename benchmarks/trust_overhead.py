@@ -69,8 +69,8 @@ def main() -> None:
     }
 
     # one trained source model of the quickstart's size, as transfer cells share it
-    transfer = next(m for m in spec.methods if m.protocol == "transfer")
-    method = make_method("zero-shot", method_options(transfer), registry=pm.registry)
+    zero_shot = next(m for m in spec.methods if m.protocol == "zero-shot")
+    method = make_method("zero-shot", method_options(zero_shot), registry=pm.registry)
     shared = ArtifactCache()
     started = time.perf_counter()
     result = run_cell(

@@ -334,3 +334,30 @@ def test_removing_a_method_recomputes_nothing_else(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["run"]["cells_computed"] == 0
     assert report["run"]["cells_cached"] == report["run"]["cells_total"] > 0
+
+
+def test_a_full_disk_mid_run_is_one_line_and_keeps_the_cells_saved(tmp_path, monkeypatch):
+    import errno
+
+    from click.testing import CliRunner
+
+    from xleval.cache import CellStore
+    from xleval.cli import build_cli
+
+    spec = write_spec(tmp_path, seeds=(1,))
+    saved = []
+    original = CellStore.save
+
+    def save(self, key, result):
+        if len(saved) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path(key)))
+        original(self, key, result)
+        saved.append(key)
+
+    monkeypatch.setattr(CellStore, "save", save)
+    result = CliRunner().invoke(build_cli(), ["run", str(spec), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "No space left on device (free some space" in lines[0]
+    assert len(list((tmp_path / "r" / "cells").glob("*.json"))) == 3

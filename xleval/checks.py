@@ -110,7 +110,7 @@ def fused_probabilities(name: str, probs: Any, n_examples: int, n_classes: int) 
 
 def parameter_fingerprint(model: Any) -> tuple[Any, ...]:
     """A cheap fingerprint of a module's parameters and buffers: names, shapes, storage,
-    in-place version counters and float64 sums (milliseconds for a 51 MB embedding table).
+    in-place version counters and sums (a few milliseconds for a 51 MB embedding table).
 
     It changes when a tensor is replaced, resized or written in place (through torch ops,
     which bump the version, or through ``.data``/numpy, which change the sum).
@@ -120,7 +120,8 @@ def parameter_fingerprint(model: Any) -> tuple[Any, ...]:
     parts = []
     with torch.no_grad():
         for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-            total = float(tensor.sum(dtype=torch.float64)) if tensor.numel() else 0.0
+            # in the tensor's own dtype: 1 ms for a 51 MB table, a float64 sum takes 30
+            total = float(tensor.sum()) if tensor.numel() else 0.0
             parts.append(
                 (
                     name,

@@ -194,7 +194,7 @@ def add_run_commands(cli: click.Group) -> None:
         recompute_patterns,
     ):
         """Run an experiment spec and write RUN_DIR/report.json."""
-        from xleval.dataset_rules import load_dataset
+        from xleval.dataset_rules import load_dataset, warnings_for
         from xleval.report import build_report, write_report
         from xleval.rundir import RunDirectory
         from xleval.runner import expand_grid, print_failures, run_cells, write_predictions
@@ -212,7 +212,7 @@ def add_run_commands(cli: click.Group) -> None:
         runner = state.pm.registry.build("executors", spec.executor.name, spec.executor.options)
         dataset = load_dataset(state.pm.registry, spec.dataset.name, spec.dataset.options)
         check_languages(spec, dataset)
-        print_warnings(dataset.warnings)
+        print_warnings(warnings_for(dataset.warnings, {*spec.sources, *spec.targets}))
         # locked for this run; refused if another run holds it or the folder is not ours
         run_directory = RunDirectory.open(run_dir, force=force)
         try:
@@ -264,7 +264,7 @@ def add_run_commands(cli: click.Group) -> None:
     @click.pass_obj
     def validate_command(state, path):
         """Check an experiment spec or a report against its schema."""
-        from xleval.dataset_rules import load_dataset
+        from xleval.dataset_rules import load_dataset, warnings_for
         from xleval.report import read_report
         from xleval.runner import expand_grid
         from xleval.spec import check_components, load_spec
@@ -279,7 +279,7 @@ def add_run_commands(cli: click.Group) -> None:
         check_components(spec, state.pm.registry, source=path)
         dataset = load_dataset(state.pm.registry, spec.dataset.name, spec.dataset.options)
         check_languages(spec, dataset)
-        print_warnings(dataset.warnings)
+        print_warnings(warnings_for(dataset.warnings, {*spec.sources, *spec.targets}))
         click.echo(
             f"ok: {path} is a valid experiment spec ({len(expand_grid(spec))} cells; every "
             "component built with its options, the data loaded and checked)"

@@ -12,6 +12,7 @@ the same text in train and test of one language, a label a language lacks entire
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import Counter
 from typing import Any
 
@@ -93,6 +94,17 @@ def check_dataset(dataset: Any, where: str) -> MultilingualDataset:
     warnings += train_test_text_warnings(examples)
     warnings += missing_label_warnings(examples)
     return dataclasses.replace(dataset, warnings=tuple(dict.fromkeys(warnings)))
+
+
+def warnings_for(warnings: tuple[str, ...] | list[str], languages: set[str]) -> list[str]:
+    """The warnings that concern a run over ``languages``: those about one language
+    ("language 'xx' ...") only when it is one of them, all others always."""
+    out = []
+    for warning in warnings:
+        about = re.match(r"language '([^']+)'", warning)
+        if about is None or about.group(1) in languages:
+            out.append(warning)
+    return out
 
 
 def label_variant_warnings(examples: tuple[Example, ...]) -> list[str]:

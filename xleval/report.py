@@ -27,6 +27,7 @@ from xleval.analysis import analyse
 from xleval.cache import atomic_write_text
 from xleval.checks import first_non_finite
 from xleval.data import MultilingualDataset
+from xleval.dataset_rules import warnings_for
 from xleval.errors import XlevalError
 from xleval.plugins import XlevalPluginManager
 from xleval.registry import schema_errors
@@ -138,7 +139,7 @@ def build_report(
             "fingerprint": dataset.fingerprint,
             "labels": list(dataset.labels),
             "counts": dataset.counts(),
-            "warnings": list(dataset.warnings),
+            "warnings": warnings_for(dataset.warnings, {*spec.sources, *spec.targets}),
         },
         "metrics": {
             m.name: {

@@ -386,7 +386,7 @@ def resolve_spec(
         )
     elif cells > WARN_CELLS:
         warnings.append(
-            f"{cells:,} cells: a large grid (the quickstart's 280 took 76 s on 2 cores; "
+            f"{cells:,} cells: a large grid (the quickstart's 280 took 68 s on 2 cores; "
             "`xleval run --dry-run` shows it per method and target)"
         )
     if errors:
