@@ -2,8 +2,8 @@
 """Chaos: kill xleval runs at random, resume them, and compare with an uninterrupted run.
 
 Each round runs a small grid (the synthetic 3-language dataset of the tests, 5 methods, 2
-targets, shots 0 and 8, 3 seeds: 36 cells) with ``--jobs 2`` into a fresh directory and, until it
-completes, kills it at a random moment: SIGKILL of the whole run (driver and workers, as a
+targets, shots 0, 8 and 32, 3 seeds: 60 cells) with ``--jobs 2`` into a fresh directory and,
+until it completes, kills it at a random moment: SIGKILL of the whole run (driver and workers, as a
 machine crash or ``kill -9`` would), or of one worker process only (as the OOM killer
 would), then starts it again on the same directory. At the end of a round its report must
 hold every cell, each with metrics identical (bit for bit) to those of an uninterrupted
@@ -33,11 +33,11 @@ SPEC = """name = "chaos"
 dataset = {{ name = "jsonl", options = {{ path = "{data}" }} }}
 source = "en"
 targets = ["de", "fr"]
-shots = [0, 8]
+shots = [0, 8, 32]
 seeds = [1, 2, 3]
 metrics = ["accuracy", "nll"]
 model = {{ name = "bag-of-embeddings", options = {{ dim = 16, buckets = 20000 }} }}
-training = {{ epochs = 20, min_steps = 100 }}
+training = {{ epochs = 40, min_steps = 200 }}
 """
 
 
@@ -79,8 +79,8 @@ def metrics_by_cell(report: dict) -> dict[tuple, tuple]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--kills", type=int, default=120, help="stop after this many kills")
+    parser.add_argument("--rounds", type=int, default=12, help="at least this many rounds")
+    parser.add_argument("--kills", type=int, default=120, help="rounds go on until this many kills")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -100,27 +100,40 @@ def main() -> None:
     expected = metrics_by_cell(json.loads((work / "reference" / "report.json").read_text()))
 
     kills = {"run": 0, "worker": 0}
+    per_round = -(-args.kills // args.rounds)
     tracebacks = lost = differing = compared = starts = 0
-    for round_ in range(args.rounds):
+    rounds = 0
+    while rounds < args.rounds or sum(kills.values()) < args.kills:
+        round_, rounds = rounds, rounds + 1
         out = work / f"round{round_}"
+        killed_here = 0
         while True:
             starts += 1
             process = xleval("run", str(spec), "--out", str(out), "-q", "--jobs", "2", wait=False)
-            budget = sum(kills.values()) < args.kills
-            # kill once a random number of the missing cells has been stored, a random
-            # fraction of a cell later: anywhere from start-up to the report's writing
+            budget = killed_here < per_round
+            # kill once a random number of the missing cells has been stored (a random
+            # fraction of a cell later): anywhere from start-up to the report's writing;
+            # a worker is killed only while it exists
+            worker_mode = rng.random() < 0.4
             done = len(list(out.glob("cells/*.json")))
             wanted = done + rng.randint(0, max(0, len(expected) - done - 1))
+            victim = None
             while budget and process.poll() is None:
                 if len(list(out.glob("cells/*.json"))) >= wanted:
-                    time.sleep(rng.uniform(0.0, 0.4))
-                    break
+                    workers = children(process.pid)
+                    if not worker_mode or workers:
+                        time.sleep(rng.uniform(0.0, 0.4))
+                        victim = rng.choice(workers) if worker_mode else process.pid
+                        break
                 time.sleep(0.01)
-            if budget and process.poll() is None:
-                workers = children(process.pid)
-                if workers and rng.random() < 0.4:
-                    os.kill(rng.choice(workers), signal.SIGKILL)  # one worker: the run goes on
-                    kills["worker"] += 1
+            if victim is not None and process.poll() is None:
+                killed_here += 1
+                if worker_mode:
+                    try:
+                        os.kill(victim, signal.SIGKILL)  # one worker: the run goes on
+                        kills["worker"] += 1
+                    except ProcessLookupError:  # it had just finished
+                        killed_here -= 1
                     _, stderr = process.communicate()
                 else:
                     os.killpg(process.pid, signal.SIGKILL)  # the whole run
@@ -148,7 +161,7 @@ def main() -> None:
     print(
         f"\n| rounds | starts | kills (whole run / one worker) | cells compared | lost | "
         f"differing | tracebacks |\n|---|---|---|---|---|---|---|\n"
-        f"| {args.rounds} | {starts} | {sum(kills.values())} ({kills['run']} / "
+        f"| {rounds} | {starts} | {sum(kills.values())} ({kills['run']} / "
         f"{kills['worker']}) | {compared} | {lost} | {differing} | {tracebacks} |"
     )
     print(f"uninterrupted run: {clean_seconds:.1f} s; working folder {work}")
