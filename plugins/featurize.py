@@ -698,7 +698,7 @@ class TokenBags:
 
         A and A^T are CSR matrices built from one sort of the ids and cached on the batch;
         the autograd training path (``optimizer = "adam"``) uses them, so its gradient has
-        one row per distinct id (PERF_NOTES: summing repeated ids first is the biggest win).
+        one row per distinct id (summing repeated ids first is the biggest win).
         """
         if self._operator is None:
             ids, offsets = self.ids, self.offsets
@@ -744,7 +744,7 @@ class FeatureCache:
     """A small thread-safe LRU of featurized splits, bounded by the number of ids it holds.
 
     Every cell featurizes the same test splits and most featurize the same train splits;
-    keeping them saves most of the one-off cost PERF_NOTES measured.
+    keeping them saves most of that one-off cost.
     """
 
     def __init__(self, max_ids: int = 50_000_000) -> None:

@@ -41,7 +41,7 @@ def uniform_table(rows: int, dim: int) -> torch.Tensor:
 
     Drawn by numpy's SFC64 generator, seeded from torch's global generator (so
     ``build_model``'s seed decides it): 12.8 M floats in ~35 ms against ~55 ms for torch's
-    ``uniform_`` (table init is a one-off cost of every cell, PERF_NOTES).
+    ``uniform_`` (table init is a one-off cost of every cell).
     """
     seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64))
     table = np.random.Generator(np.random.SFC64(seed)).random((rows, dim), dtype=np.float32)
@@ -139,7 +139,7 @@ class BatchPlan(NamedTuple):
     weights), and by row for the backward pass (the batch's distinct ``rows``; row r's
     ``pair_docs``/``pair_weights`` from ``row_offsets[r]``). So the forward pass reads each
     row once per document, and the gradient has one row per distinct id, summed once
-    (PERF_NOTES' biggest win).
+    (the biggest single win measured, benchmarks/README.md).
     """
 
     ids: torch.Tensor
@@ -377,7 +377,7 @@ class BagOfEmbeddingsClassifier(nn.Module):
         super().__init__()
         self.featurizer = featurizer
         # _weight: the fastText init directly, without EmbeddingBag's own normal_ init
-        # (0.1 s a model at 2*10^5 x 64, PERF_NOTES' table-init cost).
+        # (0.1 s a model at 2*10^5 x 64: the table-init cost).
         self.embedding = nn.EmbeddingBag(
             featurizer.buckets,
             dim,

@@ -136,12 +136,14 @@ def write_synthetic_dataset(
                 form = LANG_FORMS[lang]
                 tokens = [form(w) for w in concepts] + noise
                 rng.shuffle(tokens)
-                rows.append({
-                    "id": f"{lang}-{label}-{g}",
-                    "group": f"{label}-{g}",
-                    "lang": lang,
-                    "label": label,
-                    "text": " ".join(tokens),
-                })
+                rows.append(
+                    {
+                        "id": f"{lang}-{label}-{g}",
+                        "group": f"{label}-{g}",
+                        "lang": lang,
+                        "label": label,
+                        "text": " ".join(tokens),
+                    }
+                )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -77,8 +77,7 @@ def test_plugin_failing_while_registering_is_isolated_and_its_error_reused():
             pm.registry.get(kind, name)
         assert (
             "plugin 'bad' failed to register: in hook xleval_register_metrics: "
-            "RuntimeError: database not reachable"
-            in str(info.value)
+            "RuntimeError: database not reachable" in str(info.value)
         )
 
 

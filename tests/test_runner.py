@@ -126,9 +126,7 @@ def test_run_writes_a_valid_report_and_rerun_recomputes_nothing(tmp_path):
     assert "target-only" in first.output and "de k=4" in first.output
     # one source model per seed is trained and shared; shot-trained models are not kept
     assert len(list((out / "artifacts").glob("*.pt"))) == 2
-    sources = [
-        t for c in report["cells"] for t in c["info"]["training"] if t["role"] == "source"
-    ]
+    sources = [t for c in report["cells"] for t in c["info"]["training"] if t["role"] == "source"]
     assert sum(not t["cached"] for t in sources) == 2
     valid = run(["validate", str(out / "report.json")])
     assert valid.exit_code == 0 and "valid report (24 cells)" in valid.output

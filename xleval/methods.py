@@ -1,4 +1,4 @@
-"""The five cross-lingual methods of DESIGN.md as protocols, and ``run_cell`` for one cell.
+"""The five cross-lingual methods as protocols, and ``run_cell`` for one cell.
 
 A method is a protocol (target-only, zero-shot, transfer, fusion, joint) plus options
 naming its components: a model builder, training options, and for ``transfer`` a transfer

@@ -130,7 +130,7 @@ def build_report(
     report = {
         "schema_version": SCHEMA_VERSION,
         "xleval_version": __version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "spec": spec.to_json(),
         "environment": environment(pm),
         "dataset": {

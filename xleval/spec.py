@@ -9,12 +9,11 @@ from __future__ import annotations
 import copy
 import json
 import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from xleval.errors import OptionsError, SpecError, XlevalError
 from xleval.registry import Registry, fill_defaults, schema_errors

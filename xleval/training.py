@@ -36,7 +36,7 @@ def tune_allocator() -> bool:
 
     Training and batch planning allocate many short-lived arrays of megabytes; by default
     glibc serves each above its mmap threshold with fresh pages (a page fault per 4 KB, the
-    allocator trap of PERF_NOTES): planning an epoch's batches took 0.73 s instead of 0.43
+    allocator trap): planning an epoch's batches took 0.73 s instead of 0.43
     s in a fresh process. The peak resident memory is unchanged (it is what the arrays
     need); only its return to the OS is delayed. ``XLEVAL_MALLOC_TUNING=0`` turns it off.
     """
@@ -55,6 +55,7 @@ def tune_allocator() -> bool:
 
 
 ALLOCATOR_TUNED = tune_allocator()
+
 
 @dataclass
 class TrainReport:
