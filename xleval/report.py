@@ -20,8 +20,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from xleval import __version__
 from xleval.analysis import analyse
 from xleval.cache import atomic_write_text
@@ -178,8 +176,8 @@ def validate_report(report: Any, source: str = "report") -> None:
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:
-    """Write ``report`` as strict JSON (no NaN or Infinity tokens), schema-checked."""
-    jsonschema.validate(report, load_schema("report"))
+    """Write ``report`` as strict JSON (no NaN or Infinity tokens); ``build_report`` and
+    ``rescore`` have validated it against the schema (once: it takes a while for big runs)."""
     where = first_non_finite(report)
     if where is not None:
         raise ReportError(f"report value at {where} is not a finite number; {path} not written")
