@@ -110,3 +110,26 @@ def test_defaults_are_copied_not_shared():
     first["bins"].append(3)
     assert component.resolve_options() == {"bins": [1, 2]}
     assert RATE_SCHEMA["properties"]["rate"]["default"] == 0.5
+
+
+def test_a_factory_taking_no_arguments_is_called_with_none():
+    class Plain:
+        higher_is_better = True
+
+        def compute(self, y_true, probs):
+            return 1.0
+
+    def counted(**_unused):
+        return "called without options"
+
+    class Options:
+        def __init__(self, options):
+            self.options = options
+
+    for factory, schema, check in [
+        (Plain, None, lambda built: isinstance(built, Plain)),
+        (counted, None, lambda built: built == "called without options"),
+        (Options, RATE_SCHEMA, lambda built: built.options["rate"] == 0.5),
+    ]:
+        component = Component("metrics", "m", factory, schema, "", "p")
+        assert check(component.build({} if schema else None))

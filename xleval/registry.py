@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import inspect
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -87,7 +88,21 @@ class Component:
         """
         resolved = self.resolve_options(options)
         with plugin_code(self, "building it"):
+            if takes_no_arguments(self.factory):  # a plain class or function: no options
+                return self.factory()
             return self.factory(resolved)
+
+
+def takes_no_arguments(factory: Callable[..., Any]) -> bool:
+    """Whether ``factory`` is called with nothing (``class Metric:`` with no ``__init__``
+    parameters); a factory whose signature cannot be read is given the options."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return not any(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in parameters
+    )
 
 
 @contextlib.contextmanager
