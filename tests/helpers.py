@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -67,11 +68,41 @@ def stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def dask_worker(scheduler_file: Path, name: str, log_dir: Path, env=None) -> subprocess.Popen:
-    """A ``dask worker`` process (one thread, no dashboard) of the scheduler in the file."""
+def dask_scheduler(folder: Path, env=None) -> tuple[subprocess.Popen, Path]:
+    """A ``dask scheduler`` on a free local port, and its scheduler file once written
+    (waited for up to 60 s). ``stop`` the process when done."""
+    scheduler_file = folder / "scheduler.json"
     command = [
         str(Path(sys.executable).parent / "dask"),
-        "worker",
+        "scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--no-dashboard",
+        "--scheduler-file",
+        str(scheduler_file),
+    ]
+    process = start(command, folder / "scheduler.log", env=env)
+    deadline = time.monotonic() + 60
+    while not scheduler_file.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    return process, scheduler_file
+
+
+def dask_worker(
+    scheduler_file: Path,
+    name: str,
+    log_dir: Path,
+    env=None,
+    *,
+    launcher: list[str] | None = None,
+    cwd=None,
+) -> subprocess.Popen:
+    """A dask worker (one thread, no dashboard) of the scheduler in the file; ``launcher``
+    replaces the ``dask worker`` command (e.g. a python started with -S)."""
+    command = [
+        *(launcher or [str(Path(sys.executable).parent / "dask"), "worker"]),
         "--scheduler-file",
         str(scheduler_file),
         "--nthreads",
@@ -80,7 +111,7 @@ def dask_worker(scheduler_file: Path, name: str, log_dir: Path, env=None) -> sub
         "--name",
         name,
     ]
-    return start(command, log_dir / f"{name}.log", env=env)
+    return start(command, log_dir / f"{name}.log", env=env, cwd=cwd)
 
 
 def xleval_subprocess(args: list[str], *, pythonpath: Path | None = None, **env: str):

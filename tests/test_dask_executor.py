@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import dask_worker, start, stop
+from helpers import dask_scheduler, dask_worker, stop
 from test_runner import metrics_of, write_spec
 
 from xleval.cli import build_cli
@@ -101,26 +101,9 @@ def test_real_scheduler_survives_a_killed_worker(local_reference, tmp_path):
     spec_text = spec.read_text().replace("epochs = 5", "epochs = 40")
     slow_spec = tmp_path / "slow.toml"
     slow_spec.write_text(spec_text)
-    scheduler_file = tmp_path / "scheduler.json"
-    scheduler = start(
-        [
-            str(BIN / "dask"),
-            "scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--no-dashboard",
-            "--scheduler-file",
-            str(scheduler_file),
-        ],
-        tmp_path / "scheduler.log",
-    )
+    scheduler, scheduler_file = dask_scheduler(tmp_path)
     workers = []
     try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
         for name in ("w1", "w2"):
             workers.append(dask_worker(scheduler_file, name, tmp_path))
         with distributed.Client(scheduler_file=str(scheduler_file), timeout="30s") as client:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import dask_worker, start, stop, write_synthetic_dataset, xleval_subprocess
+from helpers import dask_scheduler, dask_worker, stop, write_synthetic_dataset, xleval_subprocess
 
 from xleval import provenance
 from xleval.plugins import get_plugin_manager
@@ -272,30 +272,11 @@ def test_a_cluster_refuses_workers_that_differ_and_names_them(tmp_path):
     data = write_synthetic_dataset(tmp_path / "syn.jsonl", groups_per_label=8)
     spec = tmp_path / "spec.toml"
     spec.write_text(EDITABLE_SPEC.format(data=data))
-    scheduler_file = tmp_path / "scheduler.json"
     base = {k: v for k, v in os.environ.items() if not k.startswith("XLEVAL_")}
     base.pop("PYTHONPATH", None)
-    processes = [
-        start(
-            [
-                str(BIN / "dask"),
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--no-dashboard",
-                "--scheduler-file",
-                str(scheduler_file),
-            ],
-            tmp_path / "scheduler.log",
-            env=base,
-        )
-    ]
+    scheduler, scheduler_file = dask_scheduler(tmp_path, env=base)
+    processes = [scheduler]
     try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
         with_plugin = {**base, "PYTHONPATH": f"{site}{os.pathsep}{source}"}
         workers = {
             "good": with_plugin,
@@ -308,22 +289,12 @@ def test_a_cluster_refuses_workers_that_differ_and_names_them(tmp_path):
         # not importable, while PYTHONPATH still offers dask and torch: a worker without it
         site_packages = next(p for p in sys.path if p.endswith("site-packages"))
         processes.append(
-            start(
-                [
-                    sys.executable,
-                    "-S",
-                    "-m",
-                    "distributed.cli.dask_worker",
-                    "--scheduler-file",
-                    str(scheduler_file),
-                    "--nthreads",
-                    "1",
-                    "--no-dashboard",
-                    "--name",
-                    "no-xleval",
-                ],
-                tmp_path / "no-xleval.log",
+            dask_worker(
+                scheduler_file,
+                "no-xleval",
+                tmp_path,
                 env={**base, "PYTHONPATH": site_packages},
+                launcher=[sys.executable, "-S", "-m", "distributed.cli.dask_worker"],
                 cwd=tmp_path,
             )
         )
