@@ -303,7 +303,9 @@ def component_refs(spec_json: dict[str, Any], method: str | None = None) -> list
     return list(dict.fromkeys(refs))
 
 
-def key_environment(pm: Any, refs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+def key_environment(
+    pm: Any, refs: Iterable[tuple[str, str]], memo: dict[Any, Any] | None = None
+) -> dict[str, Any]:
     """Everything outside the spec that determines a result computed with these components:
     python, machine, torch and numpy versions, the row kernel, xleval's version and core
     code, and each component's plugin, distribution, version and code fingerprint."""
@@ -311,8 +313,11 @@ def key_environment(pm: Any, refs: Iterable[tuple[str, str]]) -> dict[str, Any]:
 
     components: dict[str, Any] = {}
     core = dict(_core_modules())
+    memo = {} if memo is None else memo  # component -> its code, for several calls
     for kind, name in refs:
-        identity, reached = component_code(pm, kind, name)
+        if (kind, name) not in memo:
+            memo[kind, name] = component_code(pm, kind, name)
+        identity, reached = memo[kind, name]
         components[f"{kind}/{name}"] = identity
         core.update(reached)
     return {
@@ -323,15 +328,21 @@ def key_environment(pm: Any, refs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     }
 
 
-def spec_environment(pm: Any, spec_json: dict[str, Any]) -> dict[str, Any]:
-    """The key environment of a whole spec (what a worker must match to compute its cells)."""
-    return key_environment(pm, component_refs(spec_json))
+def spec_environment(
+    pm: Any, spec_json: dict[str, Any], memo: dict[Any, Any] | None = None
+) -> dict[str, Any]:
+    """The key environment of a whole spec (what a worker must match to compute its cells).
+    ``memo``: shared with :func:`method_environments` so each component is read once."""
+    return key_environment(pm, component_refs(spec_json), memo)
 
 
-def method_environments(pm: Any, spec_json: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def method_environments(
+    pm: Any, spec_json: dict[str, Any], memo: dict[Any, Any] | None = None
+) -> dict[str, dict[str, Any]]:
     """Method label -> the key environment of that method's cells."""
+    memo = {} if memo is None else memo
     return {
-        m["label"]: key_environment(pm, component_refs(spec_json, m["label"]))
+        m["label"]: key_environment(pm, component_refs(spec_json, m["label"]), memo)
         for m in spec_json["methods"]
     }
 

@@ -20,7 +20,8 @@ from xleval.cache import CellStore, atomic_write_bytes, content_key
 from xleval.data import MultilingualDataset
 from xleval.errors import XlevalError
 from xleval.plugins import XlevalPluginManager, get_plugin_manager
-from xleval.spec import SKIP_AT_ZERO, ExperimentSpec, MethodSpec
+from xleval.registry import plugin_code
+from xleval.spec import ExperimentSpec, MethodSpec, runs_at
 
 #: Protocols whose models depend on k; the others are skipped where k makes no sense.
 
@@ -67,10 +68,7 @@ def expand_grid(spec: ExperimentSpec) -> list[Cell]:
                     cells.append(Cell(method.label, method.protocol, spec.sources, target, 0, seed))
                     continue
                 for shots in spec.shots:
-                    if shots == 0 and (
-                        method.protocol in SKIP_AT_ZERO
-                        or (method.protocol == "fusion" and len(spec.sources) == 1)
-                    ):
+                    if not runs_at(method.protocol, shots, spec.sources):
                         continue
                     cells.append(
                         Cell(method.label, method.protocol, spec.sources, target, shots, seed)
@@ -166,9 +164,13 @@ class CellTask:
         return (self.run_dir, content_key(self.spec_json))
 
     def install(
-        self, pm: XlevalPluginManager | None = None, dataset: MultilingualDataset | None = None
+        self,
+        pm: XlevalPluginManager | None = None,
+        dataset: MultilingualDataset | None = None,
+        environments: dict[str, Any] | None = None,
     ) -> WorkerState:
-        """Build this process's state, reusing the caller's plugin manager and dataset.
+        """Build this process's state, reusing the caller's plugin manager, dataset and
+        method environments (the driver has computed them to key the cells).
 
         The driver installs its own, so in-process plugins and the loaded dataset reach
         cells run locally, and forked workers inherit them; a spawned worker builds its own.
@@ -201,7 +203,8 @@ class CellTask:
             # the same memory budget as the disk cache's in-memory part: a model is 51 MB,
             # and a worker that kept 64 of them thrashed (every new table fresh pages)
             artifacts = ArtifactCache(max_items=256, max_bytes=DEFAULT_MAX_BYTES)
-        environments = method_environments(pm, self.spec_json)
+        if environments is None:
+            environments = method_environments(pm, self.spec_json)
         _STATES[self.token] = WorkerState(pm, dataset, methods, artifacts, environments)
         return _STATES[self.token]
 
@@ -443,7 +446,8 @@ def run_cells(
     started = time.perf_counter()
     store = CellStore(run_dir)
     spec_json = spec.to_json()
-    environments = method_environments(pm, spec_json)
+    memo: dict[Any, Any] = {}  # each component's code read once for both environments
+    environments = method_environments(pm, spec_json, memo)
     cells = expand_grid(spec)
     payloads = {cell: key_payload(spec, cell, dataset.fingerprint) for cell in cells}
     keys = {cell: cell_key(payloads[cell], environments[cell.method]) for cell in cells}
@@ -467,10 +471,10 @@ def run_cells(
     if on_start is not None:
         on_start(len(cells), outcome.cached)
 
-    task = CellTask(spec_json, str(run_dir), disabled, environment=spec_environment(pm, spec_json))
-    task.install(pm, dataset)
-    from xleval.registry import plugin_code
-
+    task = CellTask(
+        spec_json, str(run_dir), disabled, environment=spec_environment(pm, spec_json, memo)
+    )
+    task.install(pm, dataset, environments)
     executor_component = pm.registry.get("executors", spec.executor.name)
     with plugin_code(executor_component, "map()"):
         results = iter(executor.map(task, order_for_sharing(todo)))

@@ -407,12 +407,19 @@ def resolve_spec(
     )
 
 
+def runs_at(protocol: str, shots: Any, sources: tuple[str, ...]) -> bool:
+    """Whether a method of ``protocol`` has a cell at k = ``shots`` (target-only and joint
+    have none at 0; nor fusion with one source, which at k = 0 is the zero-shot model)."""
+    return not (
+        shots == 0 and (protocol in SKIP_AT_ZERO or (protocol == "fusion" and len(sources) == 1))
+    )
+
+
 def method_shots(protocol: str, shots: list[Any], sources: tuple[str, ...]) -> int:
-    """How many shots columns a method runs (as ``xleval.runner.expand_grid`` plans them)."""
+    """How many shots columns a method runs (``xleval.runner.expand_grid`` plans them)."""
     if protocol == "zero-shot":
         return 1
-    skip_zero = protocol in SKIP_AT_ZERO or (protocol == "fusion" and len(sources) == 1)
-    return sum(1 for k in shots if not (k == 0 and skip_zero))
+    return sum(1 for k in shots if runs_at(protocol, k, sources))
 
 
 def slug(text: str) -> str:
