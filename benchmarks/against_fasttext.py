@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from xleval.plugins import get_plugin_manager
-from xleval.training import build_model, predict_scores, train
+from xleval.plugin.manager import get_plugin_manager
+from xleval.train.trainer import build_model, predict_scores, train
 
 try:
     import fasttext

@@ -60,13 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def child(request: dict[str, Any]) -> dict[str, Any]:
-    """One ``xleval run``, phase by phase (what xleval.cli_run does)."""
+    """One ``xleval run``, phase by phase (what xleval.cli.run does)."""
     started = time.perf_counter()
-    from xleval.dataset_rules import load_dataset
-    from xleval.plugins import get_plugin_manager
-    from xleval.report import build_report, write_report
-    from xleval.runner import run_cells, write_predictions
-    from xleval.spec import read_spec_file, resolve_spec
+    from xleval.experiment.dataset_rules import load_dataset
+    from xleval.experiment.spec import read_spec_file, resolve_spec
+    from xleval.plugin.manager import get_plugin_manager
+    from xleval.report.build import build_report, write_report
+    from xleval.run.runner import run_cells, write_predictions
 
     pm = get_plugin_manager()
     raw = read_spec_file(request["spec"])
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         request = json.loads(Path(args.child).read_text())
         Path(request["out"]).write_text(json.dumps(child(request)))
-        from xleval.cli import skip_final_collections
+        from xleval.cli.main import skip_final_collections
 
         skip_final_collections()  # as `xleval run` ends
         return

@@ -1,5 +1,5 @@
 """Do xleval's significance tests hold their error rate, and do its intervals cover? Measured
-by simulation, through the report's own analysis (``xleval.analysis.analyse``).
+by simulation, through the report's own analysis (``xleval.analysis.analyse.analyse``).
 
 Model (per example i, method m, seed s): correct ~ Bernoulli(sigmoid(a + δ_m + u_ms + b_i +
 e_mi)), with u the training seed's effect (independent between the targets of a batch, so
@@ -96,13 +96,13 @@ def true_values(regime: Regime, delta: float) -> dict[str, float]:
 
 @functools.lru_cache(maxsize=1)
 def plugin_manager():
-    from xleval.plugins import get_plugin_manager
+    from xleval.plugin.manager import get_plugin_manager
 
     return get_plugin_manager(strict=False)
 
 
 def make_spec(targets: list[str], seeds: list[int]):
-    from xleval.spec import resolve_spec
+    from xleval.experiment.spec import resolve_spec
 
     pm = plugin_manager()
     spec = resolve_spec(
@@ -137,8 +137,8 @@ def simulate_report(
     by every target of its seed): 0 makes the targets independent replications."""
     import torch
 
-    from xleval.analysis import analyse
-    from xleval.runner import encode_predictions
+    from xleval.analysis.analyse import analyse
+    from xleval.api.predictions import encode_predictions
 
     names = [f"tg-r{i:05d}" for i in range(targets)]
     seeds = list(range(1, n_seeds + 1))
@@ -279,7 +279,7 @@ def normal_theory(draws: int = 400_000, seed: int = 0) -> None:
     there)."""
     from scipy import stats as scipy_stats
 
-    from xleval.stats import fiducial_p_values
+    from xleval.analysis.stats import fiducial_p_values
 
     rng = np.random.default_rng(seed)
     shares = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
@@ -306,10 +306,10 @@ def normal_theory(draws: int = 400_000, seed: int = 0) -> None:
 
 
 def small_test_sets(draws: int = 20_000, seed: int = 1) -> None:
-    """The whole estimate (xleval.stats.seeds_and_examples) on the two-way layout y = β_i +
+    """The whole estimate (xleval.analysis.stats.seeds_and_examples) on the two-way layout y = β_i +
     ε_si (normal, the examples' part dominant) with few test examples, where that part's
     own estimate is uncertain: rejection rate of true nulls / alpha."""
-    from xleval.stats import seeds_and_examples
+    from xleval.analysis.stats import seeds_and_examples
 
     rng = np.random.default_rng(seed)
     levels = (0.05, 0.01, 0.001)

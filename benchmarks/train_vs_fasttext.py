@@ -116,8 +116,8 @@ def xleval_child(req: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(req["threads"])
-    from xleval.plugins import get_plugin_manager
-    from xleval.training import build_model, predict_scores, train
+    from xleval.plugin.manager import get_plugin_manager
+    from xleval.train.trainer import build_model, predict_scores, train
 
     registry = get_plugin_manager().registry
     langs = req["langs"]
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     require_fasttext()
     from xleval_plugins.featurize import tokenize
 
-    from xleval.plugins import get_plugin_manager
+    from xleval.plugin.manager import get_plugin_manager
 
     langs = args.langs.split(",")
     registry = get_plugin_manager().registry

@@ -42,16 +42,18 @@ def main() -> None:
 
     import torch
 
-    from xleval import checks, provenance
-    from xleval.dataset_rules import check_dataset
-    from xleval.methods import ArtifactCache, PhaseTimer, _Cell, make_method, run_cell
-    from xleval.plugins import get_plugin_manager
-    from xleval.runner import expand_grid, method_options
-    from xleval.spec import check_components, load_spec
+    from xleval.experiment.dataset_rules import check_dataset
+    from xleval.experiment.grid import expand_grid
+    from xleval.experiment.spec import check_components, load_spec
+    from xleval.plugin.manager import get_plugin_manager
+    from xleval.run import provenance
+    from xleval.train import checks
+    from xleval.train.artifacts import ArtifactCache
+    from xleval.train.cell import RunningCell, run_cell
+    from xleval.train.timer import PhaseTimer
 
     pm = get_plugin_manager()
     spec = load_spec(args.spec, pm.registry)
-    spec_json = spec.to_json()
     dataset = pm.registry.build("datasets", spec.dataset.name, spec.dataset.options).load()
     cells = expand_grid(spec)
 
@@ -59,8 +61,8 @@ def main() -> None:
         provenance._core_modules.cache_clear()  # a fresh process computes them once
         provenance._file_facts.cache_clear()
         provenance.module_origin.cache_clear()
-        provenance.method_environments(pm, spec_json)
-        provenance.spec_environment(pm, spec_json)
+        provenance.method_environments(pm, spec)
+        provenance.spec_environment(pm, spec)
 
     per_run = {
         "code fingerprints and key environments": timed(environments),
@@ -70,7 +72,7 @@ def main() -> None:
 
     # one trained source model of the quickstart's size, as transfer cells share it
     zero_shot = next(m for m in spec.methods if m.protocol == "zero-shot")
-    method = make_method("zero-shot", method_options(zero_shot), registry=pm.registry)
+    method = zero_shot
     shared = ArtifactCache()
     started = time.perf_counter()
     result = run_cell(
@@ -84,7 +86,7 @@ def main() -> None:
         artifacts=shared,
     )
     source_seconds = time.perf_counter() - started
-    context = _Cell(
+    context = RunningCell(
         method,
         dataset,
         spec.sources,

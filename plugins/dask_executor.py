@@ -15,8 +15,8 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from xleval.api import Register, hookimpl
 from xleval.errors import XlevalError
-from xleval.hookspecs import Register, hookimpl
 
 
 class DaskExecutorError(XlevalError):
@@ -57,9 +57,9 @@ WORKER_CONFIG = {
 WORKER_PRELOAD = (
     "distributed",
     "torch",
-    "xleval.runner",
-    "xleval.methods",
-    "xleval.training",
+    "xleval.run.runner",
+    "xleval.train.cell",
+    "xleval.train.trainer",
     "xleval_plugins.torch_models",  # imported by the models plugin on first build
 )
 
@@ -107,8 +107,8 @@ def _prepare_worker(
     enters the cache keys (``CellTask.check_worker``), sets its torch threads, and on this
     machine installs the driver's dataset from ``dataset_file`` (0.06 s, where loading the
     bundled dataset by name parses it for 0.5 s before the worker's first task)."""
-    from xleval.provenance import set_worker_label
-    from xleval.training import set_thread_budget
+    from xleval.api.workers import set_worker_label
+    from xleval.train.trainer import set_thread_budget
 
     if dask_worker is not None:  # client.run passes the worker it runs on
         set_worker_label(dask_worker.address)

@@ -1,6 +1,6 @@
 """Bundled datasets: the ddtp-sections snapshot, and loaders for the user's own files.
 
-All of them read through :func:`xleval.datafiles.load_dataset_file`, so the shipped
+All of them read through :func:`xleval_plugins.datafiles.load_dataset_file`, so the shipped
 snapshot passes exactly the checks a user's file does.
 """
 
@@ -12,10 +12,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from xleval.data import MultilingualDataset
-from xleval.datafiles import DEFAULT_SPLIT_RATIOS, FieldMap, check_split_ratios, load_dataset_file
+from xleval_plugins.datafiles import (
+    DEFAULT_SPLIT_RATIOS,
+    FieldMap,
+    check_split_ratios,
+    load_dataset_file,
+)
+
+from xleval.api import MultilingualDataset, Register, hookimpl
 from xleval.errors import DataError
-from xleval.hookspecs import Register, hookimpl
 
 DDTP_NAME = "ddtp-sections"
 DDTP_FILE = "ddtp-sections.jsonl.gz"

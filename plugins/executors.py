@@ -13,7 +13,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from xleval.hookspecs import Register, hookimpl
+from xleval.api import Register, hookimpl
 
 
 class LocalExecutor:
@@ -28,7 +28,7 @@ class LocalExecutor:
 
 
 def _init_worker(threads: int) -> None:
-    from xleval.training import set_thread_budget
+    from xleval.train.trainer import set_thread_budget
 
     set_thread_budget(threads)  # torch's threads, and a cap on every training's `threads`
 

@@ -518,12 +518,6 @@ def np_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return positions
 
 
-def concat_ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """:func:`np_ranges` of tensors. Index arithmetic runs in numpy: on one thread its
-    repeat, arange and gathers are 3-10x faster than torch's (PERF: plan and featurize)."""
-    return torch.from_numpy(np_ranges(starts.numpy(), lengths.numpy()))
-
-
 def offsets_from_lengths(lengths: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np_offsets(lengths.numpy()))
 

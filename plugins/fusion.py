@@ -12,8 +12,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from xleval.api import Register, hookimpl
 from xleval.errors import XlevalError
-from xleval.hookspecs import Register, hookimpl
 
 if TYPE_CHECKING:  # torch is imported where used: loading the plugins stays fast
     import torch

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from xleval.hookspecs import Register, hookimpl
+from xleval.api import Register, hookimpl
 
 #: Okabe & Ito's palette: distinguishable with the common colour-vision deficiencies.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -59,7 +59,7 @@ class Figure:
         fig.savefig(png, format="png", dpi=110, bbox_inches="tight")
         self.width, self.height = (int(v) for v in fig.get_size_inches() * 110)
         if plots_dir is not None:
-            from xleval.cache import atomic_write_bytes
+            from xleval.api.files import atomic_write_bytes
 
             svg = io.BytesIO()
             fig.savefig(svg, format="svg", bbox_inches="tight")
@@ -92,6 +92,9 @@ def _pyplot():
 
 class HtmlReporter:
     """Writes the self-contained HTML page (and plots/ next to it)."""
+
+    #: xleval writes every run's report with it, to RUN_DIR/report.html
+    run_file = "report.html"
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = options

@@ -10,8 +10,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from xleval.api import MetricForm, Register, hookimpl, mean_of
 from xleval.errors import XlevalError
-from xleval.hookspecs import Register, hookimpl
 
 if TYPE_CHECKING:  # torch is imported where used: loading the plugins stays fast
     import torch
@@ -54,6 +56,13 @@ class Metric(ABC):
     @abstractmethod
     def _compute(self, y: torch.Tensor, p: torch.Tensor) -> float:
         """The metric on a validated, non-empty (labels, probabilities) pair."""
+
+    def form(self, y_true: np.ndarray, probs: np.ndarray) -> MetricForm:
+        """The metric as per-example feature sums (:class:`xleval.api.MetricForm`), for the
+        report's statistics: leaving examples out is then one vectorised call."""
+        return FORMS[type(self)](
+            np.asarray(y_true, dtype=np.int64), np.asarray(probs, dtype=np.float64), self.options
+        )
 
 
 class Accuracy(Metric):
@@ -130,6 +139,70 @@ class Brier(Metric):
         onehot = torch.zeros_like(p)
         onehot[torch.arange(len(y)), y] = 1.0
         return float(((p - onehot) ** 2).sum(1).mean())
+
+
+# -- vectorised forms (numpy, float64) ------------------------------------------------
+
+
+def _onehot(index: np.ndarray, size: int) -> np.ndarray:
+    out = np.zeros((len(index), size))
+    out[np.arange(len(index)), index] = 1.0
+    return out
+
+
+def accuracy_form(y: np.ndarray, p: np.ndarray, options: dict[str, Any]) -> MetricForm:
+    return mean_of((p.argmax(axis=1) == y).astype(np.float64))
+
+
+def nll_form(y: np.ndarray, p: np.ndarray, options: dict[str, Any]) -> MetricForm:
+    picked = np.maximum(p[np.arange(len(y)), y], options.get("eps", 1e-15))
+    return mean_of(-np.log(picked))
+
+
+def brier_form(y: np.ndarray, p: np.ndarray, options: dict[str, Any]) -> MetricForm:
+    return mean_of(((p - _onehot(y, p.shape[1])) ** 2).sum(axis=1))
+
+
+def macro_f1_form(y: np.ndarray, p: np.ndarray, options: dict[str, Any]) -> MetricForm:
+    classes = p.shape[1]
+    pred = p.argmax(axis=1)
+    actual = _onehot(y, classes)
+    predicted = _onehot(pred, classes)
+    true_pos = actual * (pred == y)[:, None]
+
+    def finish(sums: np.ndarray, n: int) -> np.ndarray:
+        tp, pr, ac = sums[:, :classes], sums[:, classes : 2 * classes], sums[:, 2 * classes :]
+        denominator = pr + ac
+        present = denominator > 0
+        f1 = np.where(present, 2.0 * tp / np.where(present, denominator, 1.0), 0.0)
+        return f1.sum(axis=1) / present.sum(axis=1)
+
+    return MetricForm(np.hstack([true_pos, predicted, actual]), finish)
+
+
+def ece_form(y: np.ndarray, p: np.ndarray, options: dict[str, Any]) -> MetricForm:
+    bins = int(options.get("bins", 15))
+    confidence = p.max(axis=1)
+    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    member = _onehot(which, bins)
+
+    def finish(sums: np.ndarray, n: int) -> np.ndarray:
+        count, hits, conf = sums[:, :bins], sums[:, bins : 2 * bins], sums[:, 2 * bins :]
+        return np.abs(hits - conf).sum(axis=1) / count.sum(axis=1)
+
+    return MetricForm(
+        np.hstack([member, member * correct[:, None], member * confidence[:, None]]), finish
+    )
+
+
+FORMS = {
+    Accuracy: accuracy_form,
+    MacroF1: macro_f1_form,
+    NegativeLogLikelihood: nll_form,
+    ExpectedCalibrationError: ece_form,
+    Brier: brier_form,
+}
 
 
 @hookimpl

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xleval.hookspecs import Register, hookimpl
+from xleval.api import Register, hookimpl
 
 BAG_OF_EMBEDDINGS_SCHEMA: dict[str, Any] = {
     "type": "object",

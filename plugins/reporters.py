@@ -18,8 +18,8 @@ from typing import Any
 
 from tabulate import tabulate
 
-from xleval.cache import atomic_write_text
-from xleval.hookspecs import Register, hookimpl
+from xleval.api import Register, hookimpl
+from xleval.api.files import atomic_write_text
 
 VIEWS = ("main", "comparisons", "gaps", "ranks", "curves")
 BEST, TIED, UNTESTED, SHORT = "*", "=", "?", "†"
@@ -437,6 +437,8 @@ class TableReporter:
     """A plain-text table for terminals; ``view`` picks which part of the report."""
 
     tablefmt = "simple"
+    #: xleval prints a run's summary with it (and ``xleval report`` defaults to it)
+    summary = True
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.digits = options["digits"]
@@ -473,6 +475,7 @@ class MarkdownReporter(TableReporter):
     """The same table as GitHub-flavoured Markdown, for READMEs and papers' appendices."""
 
     tablefmt = "github"
+    summary = False
 
 
 TABLE_OPTIONS = {

@@ -24,7 +24,7 @@ from xleval_plugins.featurize import (
 )
 
 from xleval.errors import OptionsError
-from xleval.training import RowGradient
+from xleval.train.trainer import RowGradient
 
 
 def _init_fasttext_style(embedding_weight: torch.Tensor, classifier: nn.Linear) -> None:
@@ -277,7 +277,7 @@ def _chunk_pairs(
 
 class SparseBagSession:
     """Training state of one :class:`BagOfEmbeddingsClassifier` for the trainer's fused
-    path (``xleval.training``): summed cross-entropy gradients computed by hand (no
+    path (``xleval.train.trainer``): summed cross-entropy gradients computed by hand (no
     autograd), the table's as (distinct rows, values) on a compact copy of the rows the
     training set uses, made by the first :meth:`plan` (so ``parameters`` exist from then
     on). ``sync()`` writes the trained rows back into the model.
@@ -328,7 +328,7 @@ class SparseBagSession:
         self, plan: BatchPlan, table_scale: float = 1.0
     ) -> tuple[float, list[tuple[torch.Tensor | None, torch.Tensor | RowGradient]]]:
         """(summed cross-entropy, one (rows or None, gradient) per ``parameters`` entry; the
-        table's as a :class:`~xleval.training.RowGradient`, whose rows the optimiser's
+        table's as a :class:`~xleval.train.trainer.RowGradient`, whose rows the optimiser's
         compiled kernel sums and applies in one pass).
 
         ``table_scale`` multiplies the table's gradient (folded into the small [batch, dim]
@@ -397,7 +397,7 @@ class BagOfEmbeddingsClassifier(nn.Module):
     @property
     def feature_key(self) -> tuple[Any, ...]:
         """What determines ``featurize``'s output: texts featurized under an equal key give
-        equal batches, so they can be cached and shared (see ``xleval.methods``)."""
+        equal batches, so they can be cached and shared (see ``xleval.train.cell``)."""
         return self.featurizer.key
 
     def forward(self, batch: TokenBags) -> torch.Tensor:

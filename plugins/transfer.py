@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from xleval.api import Register, hookimpl
 from xleval.errors import XlevalError
-from xleval.hookspecs import Register, hookimpl
 
 if TYPE_CHECKING:  # torch is imported where used: loading the plugins stays fast
     import torch

@@ -77,3 +77,52 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+# -- the meta-test: every hook is called by a test ---------------------------------------
+
+#: kinds of which a test built a component that a hook function defined in tests/ registered
+BUILT_BY_TESTS: set[str] = set()
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Record which kinds' components, registered by test code, get built."""
+    from xleval.plugin.registry import Component
+
+    original = Component.build
+
+    def build(self: Component, options: dict | None = None) -> object:
+        built = original(self, options)
+        module = sys.modules.get(self.hook_module or "")
+        source = getattr(module, "__file__", None)
+        if source and Path(source).resolve().is_relative_to(TESTS):
+            BUILT_BY_TESTS.add(self.kind)
+        return built
+
+    Component.build = build  # type: ignore[method-assign]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """On a run of the whole suite, fail if a hook kind was never exercised: no test built
+    a component registered through that hook by a test plugin (datasette's meta-test,
+    measured instead of grepped)."""
+    from xleval.api.hookspecs import KIND_HOOKS
+
+    config = session.config
+    files = {Path(str(item.fspath)).name for item in session.items}
+    whole = files >= {p.name for p in TESTS.glob("test_*.py")} and not (
+        config.option.keyword or config.option.markexpr or config.option.collectonly
+    )
+    if not whole or exitstatus != 0:
+        return
+    untested = [hook for kind, hook in KIND_HOOKS.items() if kind not in BUILT_BY_TESTS]
+    if untested:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                "meta-test failed: no test builds a component registered through "
+                + ", ".join(untested),
+                red=True,
+            )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

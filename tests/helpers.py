@@ -10,7 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from xleval.hookspecs import hookimpl
+from xleval.api.hookspecs import hookimpl
 
 REPO = Path(__file__).parent.parent
 

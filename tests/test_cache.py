@@ -7,7 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from xleval.cache import CellStore, canonical_json
+from xleval.api.files import canonical_json
+from xleval.run.store import CellStore
 
 RESULT = {
     "cell": {"method": "zero-shot", "sources": ["en"], "target": "dé", "shots": 0, "seed": 1},

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from helpers import MetricPlugin, xleval_subprocess
 
 from xleval import __version__
-from xleval.cli import build_cli
+from xleval.cli.main import build_cli
 from xleval.errors import OptionsError
-from xleval.plugins import get_plugin_manager
-from xleval.resources import load_schema
+from xleval.experiment.resources import load_schema
+from xleval.plugin.manager import get_plugin_manager
 
 pytestmark = pytest.mark.usefixtures("clean_plugin_env")
 
@@ -49,6 +49,14 @@ def test_plugins_json_matches_its_schema_and_lists_bundled_plugins():
     records = json.loads(result.output)
     jsonschema.validate(records, load_schema("plugins"))
     assert {"xleval.models", "xleval.metrics", "xleval.reporters"} <= {r["name"] for r in records}
+    protocols = {r["name"]: r["components"].get("protocols") for r in records}
+    assert protocols["xleval.protocols"] == [
+        "fusion",
+        "joint",
+        "target-only",
+        "transfer",
+        "zero-shot",
+    ]
 
 
 def test_disable_plugin_option_reaches_the_manager():
@@ -98,7 +106,7 @@ def test_main_exempts_its_objects_from_the_shutdown_collections():
     final collections would otherwise walk all of torch's (0.4 s of every exit)."""
     import gc
 
-    from xleval.cli import main
+    from xleval.cli.main import main
 
     gc.unfreeze()
     try:

@@ -9,8 +9,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from xleval.cli import build_cli
-from xleval.cli_datasets import datasets_group, parse_option
+from xleval.cli.datasets import datasets_group, parse_option
+from xleval.cli.main import build_cli
 
 DATA = Path(__file__).parent / "fixtures" / "data"
 

@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 from test_runner import metrics_of, write_spec
 
-from xleval.cli import build_cli
-from xleval.report import read_report
-from xleval.resources import specs_dir
-from xleval.spec import read_spec_file
+from xleval.cli.main import build_cli
+from xleval.experiment.resources import specs_dir
+from xleval.experiment.spec import read_spec_file
+from xleval.report.build import read_report
 
 pytestmark = pytest.mark.usefixtures("clean_plugin_env")
 EXAMPLES = sorted(p.name for p in (specs_dir() / "examples").iterdir() if p.name.endswith(".toml"))
@@ -75,7 +75,10 @@ def test_invalid_spec_lists_every_error_and_exits_non_zero(tmp_path):
     assert f"error: {bad}: 3 errors:" in result.output
     assert "at 'targets': [] should be non-empty" in result.output
     assert "at 'shots[0]': -1 is less than the minimum of 0" in result.output
-    assert "at 'methods[0].protocol': 'zero-shoot' is not one of" in result.output
+    assert (
+        "at 'methods[0].protocol': unknown protocol 'zero-shoot'; did you mean 'zero-shot'?"
+        in result.output
+    )
     assert "Traceback" not in result.output
 
 

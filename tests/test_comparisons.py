@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from xleval.analysis import analyse, summarize
-from xleval.plugins import get_plugin_manager
-from xleval.resources import load_schema
-from xleval.runner import encode_predictions
-from xleval.spec import resolve_spec
-from xleval.stats import holm
+from xleval.analysis.analyse import analyse, summarize
+from xleval.analysis.stats import holm
+from xleval.api.predictions import encode_predictions
+from xleval.experiment.resources import load_schema
+from xleval.experiment.spec import resolve_spec
+from xleval.plugin.manager import get_plugin_manager
 
 T975_DF1 = 12.706204736  # Student t, 97.5 % quantile, 1 degree of freedom (printed tables)
 CLASSES = 4
@@ -533,18 +533,19 @@ def test_a_metric_without_vectorised_form_still_gets_intervals(pm):
 
 
 def decode(grid, c):
-    from xleval.runner import decode_predictions
+    from xleval.api.predictions import decode_predictions
+    from xleval.train.tensors import metric_inputs
 
-    return decode_predictions(grid.stored[(c["key"], c["target"])])
+    return metric_inputs(*decode_predictions(grid.stored[(c["key"], c["target"])]))
 
 
 def test_a_slow_metric_on_a_large_test_set_is_grouped(pm, monkeypatch):
     """Called once per left-out example, a metric without a vectorised form would cost n
     calls per cell: past MAX_CALLED_UNITS examples they are left out in that many groups,
     the same groups for every cell, so cells still pair up."""
-    import xleval.analysis
+    import xleval.analysis.analyse
 
-    monkeypatch.setattr(xleval.analysis, "MAX_CALLED_UNITS", 25)
+    monkeypatch.setattr(xleval.analysis.analyse, "MAX_CALLED_UNITS", 25)
     spec = resolve_spec(
         make_spec(pm, ["target-only", "transfer"], seeds=(1, 2, 3), targets=("de",)).to_json()
         | {"metrics": ["accuracy", "brier"], "main_metric": "brier"},

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from helpers import dask_scheduler, dask_worker, stop
 from test_runner import metrics_of, write_spec
 
-from xleval.cli import build_cli
-from xleval.report import read_report
+from xleval.cli.main import build_cli
+from xleval.report.build import read_report
 
 pytestmark = pytest.mark.usefixtures("clean_plugin_env")
 distributed = pytest.importorskip("distributed")
@@ -176,7 +176,7 @@ def test_local_cluster_is_quiet_and_its_workers_start_warm(monkeypatch):
         ticks = client.run_on_scheduler(
             lambda dask_scheduler: dask_scheduler.periodic_callbacks["tick"].callback_time
         )
-        warm = client.run(lambda: "xleval.methods" in sys.modules and "torch" in sys.modules)
+        warm = client.run(lambda: "xleval.train.cell" in sys.modules and "torch" in sys.modules)
     finally:
         client.close()
         cluster.close()
@@ -190,15 +190,15 @@ def test_local_cluster_is_quiet_and_its_workers_start_warm(monkeypatch):
 def test_cluster_workers_bound_their_in_memory_artifacts(tmp_path):
     """Without a shared disk, a worker keeps artifacts in memory under the same byte budget
     as the disk cache (unbounded, 64 models of 51 MB made a worker thrash)."""
-    from xleval.artifacts import DEFAULT_MAX_BYTES
-    from xleval.plugins import get_plugin_manager
-    from xleval.runner import CellTask
-    from xleval.spec import read_spec_file, resolve_spec
+    from xleval.experiment.spec import read_spec_file, resolve_spec
+    from xleval.plugin.manager import get_plugin_manager
+    from xleval.run.runner import CellTask
+    from xleval.train.artifacts import DEFAULT_MAX_BYTES
 
     pm = get_plugin_manager()
     spec = resolve_spec(read_spec_file(write_spec(tmp_path)), pm.registry)
     dataset = pm.registry.build("datasets", spec.dataset.name, spec.dataset.options).load()
-    task = CellTask(spec.to_json(), str(tmp_path / "run")).for_cluster()
+    task = CellTask(spec, str(tmp_path / "run")).for_cluster()
     state = task.install(pm, dataset)
     assert state.artifacts.max_bytes == DEFAULT_MAX_BYTES
     assert not (tmp_path / "run" / "artifacts").exists()  # nothing written to a disk
@@ -212,7 +212,7 @@ def test_the_driver_preloads_while_the_cluster_starts(monkeypatch):
 
     from xleval_plugins.dask_executor import SCHEMA, DaskExecutor
 
-    from xleval.registry import fill_defaults
+    from xleval.plugin.registry import fill_defaults
 
     executor = DaskExecutor(fill_defaults(SCHEMA, {"address": "tcp://127.0.0.1:1"}))
     preloading = threading.Event()
@@ -270,10 +270,10 @@ def test_local_cluster_workers_take_the_drivers_bundled_dataset_from_a_file(tmp_
     import xleval_plugins.dask_executor as dask_executor
     from xleval_plugins.executors import LocalExecutor
 
-    from xleval.plugins import get_plugin_manager
-    from xleval.registry import fill_defaults
-    from xleval.runner import run_cells
-    from xleval.spec import read_spec_file, resolve_spec
+    from xleval.experiment.spec import read_spec_file, resolve_spec
+    from xleval.plugin.manager import get_plugin_manager
+    from xleval.plugin.registry import fill_defaults
+    from xleval.run.runner import run_cells
 
     path = tmp_path / "bundled.toml"
     path.write_text(BUNDLED_SPEC)
@@ -303,14 +303,15 @@ def test_a_worker_installs_the_dataset_file_without_loading_by_name(tmp_path, mo
     from test_runner import write_spec
     from xleval_plugins.dask_executor import _prepare_worker, _write_dataset
 
-    from xleval import runner, training
-    from xleval.plugins import get_plugin_manager
-    from xleval.spec import read_spec_file, resolve_spec
+    from xleval.experiment.spec import read_spec_file, resolve_spec
+    from xleval.plugin.manager import get_plugin_manager
+    from xleval.run import runner
+    from xleval.train import trainer as training
 
     pm = get_plugin_manager()
     spec = resolve_spec(read_spec_file(write_spec(tmp_path)), pm.registry)
     dataset = pm.registry.build("datasets", spec.dataset.name, spec.dataset.options).load()
-    task = runner.CellTask(spec.to_json(), str(tmp_path / "run")).for_cluster()
+    task = runner.CellTask(spec, str(tmp_path / "run")).for_cluster()
     path = _write_dataset(dataset)
     try:
 

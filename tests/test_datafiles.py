@@ -1,4 +1,4 @@
-"""Reading, validating and splitting data files (xleval.datafiles)."""
+"""Reading, validating and splitting data files (xleval_plugins.datafiles)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from xleval.data import Example, content_fingerprint
-from xleval.datafiles import (
+from xleval_plugins.datafiles import (
     DEFAULT_SPLIT_RATIOS,
     FieldMap,
     check_examples,
@@ -24,6 +22,8 @@ from xleval.datafiles import (
     select_examples,
     split_for_group,
 )
+
+from xleval.api.data import Example, content_fingerprint
 from xleval.errors import DataError, OptionsError
 
 DATA = Path(__file__).parent / "fixtures" / "data"

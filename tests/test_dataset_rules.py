@@ -8,10 +8,10 @@ import json
 import pytest
 from helpers import xleval_subprocess
 
-from xleval.data import Example, MultilingualDataset
-from xleval.dataset_rules import check_dataset, load_dataset
+from xleval.api.data import Example, MultilingualDataset
 from xleval.errors import DataError, PluginCodeError
-from xleval.plugins import get_plugin_manager
+from xleval.experiment.dataset_rules import check_dataset, load_dataset
+from xleval.plugin.manager import get_plugin_manager
 
 pytestmark = pytest.mark.usefixtures("clean_plugin_env")
 
@@ -107,6 +107,7 @@ def test_ids_must_not_repeat_within_a_language():
         check_dataset(MultilingualDataset("d", (Example("x", "g", "en", 3, "t", "train"),)), "here")
 
 
+@pytest.mark.slow
 def test_cli_shows_warnings_and_errors_without_tracebacks(plugin_site):
     shown = xleval_subprocess(
         ["datasets", "show", "rule-breaking", "-o", "variant=memorised"], pythonpath=plugin_site
@@ -131,6 +132,7 @@ def test_cli_shows_warnings_and_errors_without_tracebacks(plugin_site):
     assert "Traceback" in debug.stderr and "FileNotFoundError" in debug.stderr
 
 
+@pytest.mark.slow
 def test_a_run_prints_keeps_and_shows_the_data_warnings(tmp_path, plugin_site):
     spec = tmp_path / "spec.toml"
     spec.write_text(
@@ -180,7 +182,7 @@ def test_a_hook_that_raises_is_named_in_the_plugin_list():
     class Raises:
         __name__ = "raiser"
 
-        from xleval.hookspecs import hookimpl
+        from xleval.api.hookspecs import hookimpl
 
         @hookimpl
         def xleval_register_metrics(self, register):

@@ -6,19 +6,19 @@ import time
 from pathlib import Path
 
 import pytest
-
-from xleval.data import Example, MultilingualDataset
-from xleval.datafiles import (
+from xleval_plugins.datafiles import (
     DEFAULT_SPLIT_RATIOS,
     check_examples,
     clear_cache,
     dataset_warnings,
     split_for_group,
 )
+
+from xleval.api.data import Example, MultilingualDataset
+from xleval.api.hookspecs import Register, hookimpl
 from xleval.errors import DataError, OptionsError
-from xleval.hookspecs import Register, hookimpl
-from xleval.plugins import get_plugin_manager
-from xleval.sampling import sample_shots
+from xleval.experiment.sampling import sample_shots
+from xleval.plugin.manager import get_plugin_manager
 
 DATA = Path(__file__).parent / "fixtures" / "data"
 MAPPED = {

@@ -11,7 +11,7 @@ from xleval_plugins.executors import LocalExecutor, ProcessExecutor, available_c
 
 
 def threads_seen(cell: int) -> tuple[int, int, int | None]:
-    from xleval import training
+    from xleval.train import trainer as training
 
     with training.torch_threads(8):  # a training asking for more than its share
         inside = torch.get_num_threads()

@@ -9,7 +9,7 @@ import torch
 from xleval_plugins.fusion import FusionError, seed_formula
 
 from xleval.errors import OptionsError
-from xleval.plugins import get_plugin_manager
+from xleval.plugin.manager import get_plugin_manager
 
 STRATEGIES = ("exp-sum", "logit-sum", "prob-mean", "max-prob")
 

@@ -17,9 +17,9 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from xleval_plugins.datafiles import clear_cache, load_dataset_file
 
-from xleval.cli import build_cli
-from xleval.datafiles import clear_cache, load_dataset_file
+from xleval.cli.main import build_cli
 from xleval.errors import XlevalError
 
 FAST = settings(

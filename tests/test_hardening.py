@@ -9,8 +9,8 @@ from helpers import write_synthetic_dataset, xleval_subprocess
 from test_runner import write_spec
 
 from xleval.errors import SpecError
-from xleval.plugins import get_plugin_manager
-from xleval.spec import resolve_spec
+from xleval.experiment.spec import resolve_spec
+from xleval.plugin.manager import get_plugin_manager
 
 pytestmark = pytest.mark.usefixtures("clean_plugin_env")
 
@@ -106,6 +106,7 @@ def test_a_language_without_test_examples_is_refused_before_training(tmp_path):
     assert not (tmp_path / "r" / "cells").exists()
 
 
+@pytest.mark.slow
 def test_predictions_are_byte_identical_computed_or_resumed(tmp_path):
     spec = write_spec(tmp_path, seeds=(1,))
     fresh = xleval_subprocess(["run", str(spec), "--out", str(tmp_path / "a"), "-q"])
@@ -143,6 +144,7 @@ model = {{ name = "kills-worker", options = {{ marker = {marker} }} }}
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("once", [True, False])
 def test_a_dead_worker_costs_only_its_cell(tmp_path, plugin_site, once):
     data = write_synthetic_dataset(tmp_path / "syn.jsonl", groups_per_label=10)
@@ -186,10 +188,11 @@ def one_error(done) -> str:
     return errors[0]
 
 
+@pytest.mark.slow
 def test_a_run_directory_in_use_is_refused_naming_the_holder(tmp_path):
     import os
 
-    from xleval.rundir import RunDirectory
+    from xleval.run.rundir import RunDirectory
 
     spec = write_spec(tmp_path, seeds=(1,))
     with RunDirectory.open(tmp_path / "run"):
@@ -201,6 +204,7 @@ def test_a_run_directory_in_use_is_refused_naming_the_holder(tmp_path):
     assert run_cli(spec, tmp_path / "run").returncode == 0  # released with the holder
 
 
+@pytest.mark.slow
 def test_foreign_folders_and_files_are_never_written_over(tmp_path):
     spec = write_spec(tmp_path, seeds=(1,))
     mine = tmp_path / "mine"
@@ -237,7 +241,7 @@ def test_leftover_temporary_files_are_removed_and_damaged_files_recomputed(tmp_p
     del envelope["result"]["status"]  # a consistent checksum over a result missing a field
     import hashlib
 
-    from xleval.cache import canonical_json
+    from xleval.api.files import canonical_json
 
     body = canonical_json(envelope["result"])
     envelope["sha256"] = hashlib.sha256(body.encode()).hexdigest()
@@ -302,8 +306,8 @@ def test_validate_a_missing_file_and_rescore_damaged_predictions(tmp_path):
 def test_an_unwritable_out_or_a_full_disk_reads_as_one_line(tmp_path, monkeypatch):
     import errno
 
-    from xleval import rundir
-    from xleval.cli import filesystem_message
+    from xleval.cli.main import filesystem_message
+    from xleval.run import rundir
 
     def refuse(path):
         raise PermissionError(errno.EACCES, "Permission denied", str(path / ".xleval-lock"))
@@ -321,6 +325,7 @@ def test_an_unwritable_out_or_a_full_disk_reads_as_one_line(tmp_path, monkeypatc
     )
 
 
+@pytest.mark.slow
 def test_removing_a_method_recomputes_nothing_else(tmp_path):
     spec = write_spec(tmp_path, seeds=(1,))
     out = tmp_path / "run"
@@ -341,8 +346,8 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_the_cells_saved(tmp_path, mon
 
     from click.testing import CliRunner
 
-    from xleval.cache import CellStore
-    from xleval.cli import build_cli
+    from xleval.cli.main import build_cli
+    from xleval.run.store import CellStore
 
     spec = write_spec(tmp_path, seeds=(1,))
     saved = []

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from xleval.hookspecs import KIND_HOOKS, hookimpl
-from xleval.plugins import get_plugin_manager
+from xleval.api.hookspecs import KIND_HOOKS, hookimpl
+from xleval.plugin.manager import get_plugin_manager
 
 SCHEMA = {"type": "object", "properties": {"size": {"type": "integer", "default": 3}}}
 
@@ -49,6 +49,10 @@ class EveryHook:
     def xleval_register_reporters(self, register):
         register("r", built, schema=SCHEMA, description="reporter")
 
+    @hookimpl
+    def xleval_register_protocols(self, register):
+        register("p", built, schema=SCHEMA, description="protocol")
+
 
 EXPECTED = {
     "models": "m",
@@ -58,6 +62,7 @@ EXPECTED = {
     "datasets": "d",
     "executors": "e",
     "reporters": "r",
+    "protocols": "p",
 }
 
 

@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 from test_runner import write_spec
 
-from xleval.cli import build_cli
-from xleval.plugins import get_plugin_manager
-from xleval.report import read_report
+from xleval.cli.main import build_cli
+from xleval.plugin.manager import get_plugin_manager
+from xleval.report.build import read_report
 
 pytestmark = pytest.mark.usefixtures("clean_plugin_env")
 
@@ -192,15 +192,17 @@ def test_chromium_is_installed_in_ci():
 def test_calibration_bins_agree_with_the_ece_metric(run_dir):
     import torch
 
-    from xleval.rescore import read_predictions
-    from xleval.runner import decode_predictions
+    from xleval.api.predictions import decode_predictions, read_predictions
+    from xleval.train.tensors import metric_inputs
 
     report = read_report(run_dir)
     stored = read_predictions(run_dir / "predictions.jsonl")
     ece = get_plugin_manager(strict=False).registry.build("metrics", "ece", {"bins": 10})
     for curve in report["calibration"]:
         cells = [c for c in report["cells"] if c["method"] == curve["method"]]
-        decoded = [decode_predictions(stored[(c["key"], c["target"])]) for c in cells]
+        decoded = [
+            metric_inputs(*decode_predictions(stored[(c["key"], c["target"])])) for c in cells
+        ]
         y_true = torch.cat([y for y, _ in decoded])
         probs = torch.cat([p for _, p in decoded])
         assert curve["n"] == len(y_true) == sum(b["count"] for b in curve["bins"])

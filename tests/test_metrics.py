@@ -9,7 +9,7 @@ import torch
 from xleval_plugins.metrics import MetricError
 
 from xleval.errors import OptionsError
-from xleval.plugins import get_plugin_manager
+from xleval.plugin.manager import get_plugin_manager
 
 Y = torch.tensor([0, 0, 1, 2])
 P = torch.tensor([

@@ -19,7 +19,7 @@ from xleval_plugins.featurize import (
 )
 
 from xleval.errors import OptionsError
-from xleval.plugins import get_plugin_manager
+from xleval.plugin.manager import get_plugin_manager
 
 #: Recorded from fastText 0.9.3's ``get_subwords`` (bucket=1000, minn=3, maxn=5), minus
 #: its nwords offset: the ids our hashing must reproduce.

@@ -38,7 +38,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
 
 def test_wheel_holds_core_plugins_and_schemas(wheel):
     names = set(wheel.namelist())
-    assert "xleval/cli.py" in names
+    assert "xleval/cli/main.py" in names
     assert "xleval/specs/plugins.schema.json" in names
     assert "xleval/specs/examples/quickstart.toml" in names
     assert "xleval/specs/examples/data/debian-descriptions.jsonl" in names
@@ -48,7 +48,9 @@ def test_wheel_holds_core_plugins_and_schemas(wheel):
         assert f"xleval_plugins/{module}.py" in names
     assert not any(name.startswith(("tests/", "benchmarks/")) for name in names)
     # the compiled row kernel (optional at install; a machine with a C compiler builds it)
-    assert any(name.startswith("xleval/_rowkernels") and name.endswith(".so") for name in names)
+    assert any(
+        name.startswith("xleval/train/_rowkernels") and name.endswith(".so") for name in names
+    )
 
 
 def test_wheel_declares_bundled_plugins_as_entry_points(wheel):
@@ -56,4 +58,4 @@ def test_wheel_declares_bundled_plugins_as_entry_points(wheel):
     text = wheel.read(entry_points).decode()
     assert "[xleval]" in text
     assert "xleval.metrics = xleval_plugins.metrics" in text
-    assert "xleval = xleval.cli:main" in text
+    assert "xleval = xleval.cli.main:main" in text

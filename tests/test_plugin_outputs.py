@@ -10,9 +10,9 @@ import pytest
 import torch
 from helpers import write_synthetic_dataset, xleval_subprocess
 
-from xleval import checks
-from xleval.checks import PluginOutputError
-from xleval.report import ReportError, read_report, write_report
+from xleval.report.build import ReportError, read_report, write_report
+from xleval.train import checks
+from xleval.train.checks import PluginOutputError
 
 pytestmark = pytest.mark.usefixtures("clean_plugin_env")
 

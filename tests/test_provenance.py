@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 from helpers import dask_scheduler, dask_worker, stop, write_synthetic_dataset, xleval_subprocess
 
-from xleval import provenance
-from xleval.plugins import get_plugin_manager
-from xleval.report import read_report
-from xleval.runner import CellTask, WorkerMismatchError
+from xleval.api import workers
+from xleval.experiment.spec import resolve_spec
+from xleval.plugin.manager import get_plugin_manager
+from xleval.report.build import read_report
+from xleval.run import provenance
+from xleval.run.runner import CellTask, WorkerMismatchError
 
 pytestmark = pytest.mark.usefixtures("clean_plugin_env")
 
@@ -66,10 +68,22 @@ def test_the_closure_follows_imports_without_running_them(tmp_path, monkeypatch)
 
 def test_the_core_fingerprint_covers_what_computes_cells_and_not_the_statistics():
     core = dict(provenance._core_modules())
-    for module in ("xleval.runner", "xleval.methods", "xleval.training", "xleval.sampling"):
+    for module in (
+        "xleval.run.runner",
+        "xleval.train.cell",
+        "xleval.train.trainer",
+        "xleval.experiment.sampling",
+    ):
         assert module in core
-    assert "xleval._rowkernels" in core or not provenance.module_origin("xleval._rowkernels")
-    for module in ("xleval.stats", "xleval.analysis", "xleval.report", "xleval.cli"):
+    assert "xleval.train._rowkernels" in core or not provenance.module_origin(
+        "xleval.train._rowkernels"
+    )
+    for module in (
+        "xleval.analysis.stats",
+        "xleval.analysis.analyse",
+        "xleval.report.build",
+        "xleval.cli.main",
+    ):
         assert module not in core
 
 
@@ -79,19 +93,21 @@ def test_every_xleval_module_a_cell_imports_is_in_its_fingerprint(tmp_path):
     data = write_synthetic_dataset(tmp_path / "syn.jsonl", groups_per_label=6)
     script = f"""
 import json, sys
-from xleval.plugins import get_plugin_manager
-from xleval.runner import method_options
-from xleval.methods import make_method, run_cell
-from xleval.provenance import method_environments, key_environment, component_refs
-from xleval import provenance
+from xleval.plugin.manager import get_plugin_manager
+from xleval.experiment.spec import resolve_method
+from xleval.train.cell import run_cell
+from xleval.run.provenance import method_environments, key_environment, component_refs
+from xleval.run import provenance
 pm = get_plugin_manager()
 dataset = pm.registry.build("datasets", "jsonl", {{"path": {str(data)!r}}}).load()
 for protocol in ("transfer", "fusion"):
-    method = make_method(protocol, {{"model_options": {{"dim": 8, "buckets": 500}},
-                                     "training": {{"epochs": 1}}}}, registry=pm.registry)
+    method = resolve_method({{"protocol": protocol, "training": {{"epochs": 1}},
+                             "model": {{"name": "bag-of-embeddings",
+                                       "options": {{"dim": 8, "buckets": 500}}}}}}, pm.registry)
     run_cell(method, dataset, ["en"], "de", 4, 1, registry=pm.registry,
              metrics=["accuracy", "nll", "macro_f1"])
 refs = [("datasets", "jsonl"), ("metrics", "accuracy"), ("metrics", "nll"),
+        ("protocols", "transfer"), ("protocols", "fusion"),
         ("metrics", "macro_f1"), ("models", "bag-of-embeddings"),
         ("transfer_strategies", "weight-copy"), ("fusion_strategies", "exp-sum")]
 covered = set(dict(provenance._core_modules()))
@@ -109,29 +125,36 @@ print(json.dumps({{"used": used, "covered": sorted(covered)}}))
     # loaded to find and build components, never computing a result: plugin loading, the
     # CLI-free registry, the entry points of other kinds, and this fingerprinting itself
     not_computing = {
-        "xleval.plugins",
-        "xleval.hookspecs",
-        "xleval.provenance",
+        "xleval.plugin.manager",
+        "xleval.api.hookspecs",
+        "xleval.run.provenance",
         "xleval_plugins.dask_executor",
         "xleval_plugins.executors",
         "xleval_plugins.html_report",
         "xleval_plugins.reporters",
+        "xleval.specs",  # the spec schema, read to resolve the method (before any cell)
     }
     missing = set(result["used"]) - set(result["covered"]) - not_computing
     assert not missing, f"modules a cell ran but its key does not cover: {sorted(missing)}"
 
 
-SPEC_JSON = {
-    "dataset": {"name": "jsonl", "options": {}},
-    "metrics": [{"name": "accuracy", "options": {}}],
-    "methods": [{"label": "t", "model": {"name": "bag-of-embeddings"}, "transfer": None}],
-    "executor": {"name": "local", "options": {}},
+RAW_SPEC = {
+    "dataset": {"name": "jsonl", "options": {"path": "data.jsonl"}},
+    "source": "en",
+    "targets": ["de"],
+    "metrics": ["accuracy"],
+    "executor": "local",
+    "methods": [{"label": "t", "protocol": "zero-shot"}],
 }
+
+
+def tiny_spec(pm):
+    return resolve_spec(RAW_SPEC, pm.registry)
 
 
 def environment_with(**changes):
     pm = get_plugin_manager(strict=False)
-    env = provenance.spec_environment(pm, SPEC_JSON)
+    env = provenance.spec_environment(pm, tiny_spec(pm))
     changed = json.loads(json.dumps(env))
     for path, value in changes.items():
         *parents, last = path.split("|")
@@ -166,13 +189,13 @@ def test_differences_are_said_in_words():
 
 def test_a_worker_that_differs_is_refused_naming_it_and_the_differences(tmp_path):
     env, driver = environment_with(numpy="0.0.0")
-    task = CellTask(SPEC_JSON, str(tmp_path), environment=driver)
-    provenance.set_worker_label("tcp://10.0.0.5:40123")
+    task = CellTask(tiny_spec(get_plugin_manager(strict=False)), str(tmp_path), environment=driver)
+    workers.set_worker_label("tcp://10.0.0.5:40123")
     try:
         with pytest.raises(WorkerMismatchError) as caught:
             task.check_worker()
     finally:
-        provenance._worker_label = None
+        workers._worker_label = None
     assert str(caught.value) == (
         f"worker tcp://10.0.0.5:40123: numpy {env['numpy']} ≠ 0.0.0 on the driver"
     )
@@ -217,6 +240,7 @@ model = "tiny-b"
 """
 
 
+@pytest.mark.slow
 def test_editing_a_plugin_recomputes_its_cells_only_and_says_why(tmp_path):
     site, source = editable_install(tmp_path)
     data = write_synthetic_dataset(tmp_path / "syn.jsonl", groups_per_label=8)
@@ -341,6 +365,6 @@ def test_a_cluster_refuses_workers_that_differ_and_names_them(tmp_path):
 
 
 def read_kernel_state() -> bool:
-    from xleval.rowkernel import _rowkernels
+    from xleval.train.rowkernel import _rowkernels
 
     return _rowkernels is not None

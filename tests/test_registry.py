@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 from helpers import RATE_SCHEMA, MetricPlugin, echo_factory
 
+from xleval.api.hookspecs import hookimpl
 from xleval.errors import OptionsError, PluginLoadError, UnknownComponentError
-from xleval.hookspecs import hookimpl
-from xleval.plugins import get_plugin_manager
-from xleval.registry import Component, fill_defaults, format_path
+from xleval.plugin.manager import get_plugin_manager
+from xleval.plugin.registry import Component, fill_defaults, format_path
 
 
 def registry_with(*plugins):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from xleval.cli import build_cli
-from xleval.report import read_report, validate_report
+from xleval.cli.main import build_cli
+from xleval.report.build import read_report, validate_report
 
 pytestmark = pytest.mark.usefixtures("clean_plugin_env")
 

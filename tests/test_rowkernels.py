@@ -1,4 +1,4 @@
-"""The compiled row kernel (xleval/_rowkernels.c) against the pure-torch step it replaces.
+"""The compiled row kernel (xleval/train/_rowkernels.c) against the pure-torch step it replaces.
 
 The kernel sums each distinct row's gradient from its (document, weight) pairs and applies
 SGD / row-wise Adagrad / Adagrad in one pass; the torch path materialises the [rows, dim]
@@ -14,11 +14,11 @@ import os
 import pytest
 import torch
 
-from xleval import training
-from xleval.training import RowGradient, RowSparseOptimizer, build_model, train
+from xleval.train import trainer as training
+from xleval.train.trainer import RowGradient, RowSparseOptimizer, build_model, train
 
 try:
-    from xleval import _rowkernels as kernels
+    from xleval.train import _rowkernels as kernels
 except ImportError:
     if os.environ.get("CI"):  # CI compiles it: a missing kernel there is a broken build
         raise
@@ -149,7 +149,7 @@ def test_wrong_dtypes_and_layouts_are_refused():
 
 @pytest.fixture(scope="module")
 def registry():
-    from xleval.plugins import get_plugin_manager
+    from xleval.plugin.manager import get_plugin_manager
 
     return get_plugin_manager().registry
 

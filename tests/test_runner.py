@@ -14,13 +14,14 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 from helpers import write_synthetic_dataset
+from xleval_plugins.protocols import PROTOCOLS
 
-from xleval.cli import build_cli
-from xleval.hookspecs import hookimpl
-from xleval.plugins import get_plugin_manager
-from xleval.report import read_report
-from xleval.runner import Cell, expand_grid, order_for_sharing
-from xleval.spec import resolve_spec
+from xleval.api.hookspecs import hookimpl
+from xleval.cli.main import build_cli
+from xleval.experiment.grid import Cell, expand_grid, order_for_sharing
+from xleval.experiment.spec import resolve_spec
+from xleval.plugin.manager import get_plugin_manager
+from xleval.report.build import read_report
 
 pytestmark = pytest.mark.usefixtures("clean_plugin_env")
 
@@ -102,7 +103,8 @@ def test_cells_run_source_models_first_then_longest_first():
                      ("zero-shot", 0), ("transfer", "all"), ("joint", 32), ("target-only", 32)]
         for s in (2, 1)
     ]  # fmt: skip
-    order = [(c.protocol, c.shots, c.seed) for c in order_for_sharing(cells)]
+    protocol_order = {c.method: PROTOCOLS[c.protocol][0].order for c in cells}
+    order = [(c.protocol, c.shots, c.seed) for c in order_for_sharing(cells, protocol_order)]
     assert order == [
         ("zero-shot", 0, 1), ("zero-shot", 0, 2),
         ("joint", 32, 1), ("joint", 32, 2), ("joint", 8, 1), ("joint", 8, 2),
@@ -316,9 +318,9 @@ def test_resume_after_sigkill_finishes_only_missing_cells(tmp_path):
 PLAN_ONLY = """
 import sys
 from pathlib import Path
-from xleval.plugins import get_plugin_manager
-from xleval.runner import run_cells
-from xleval.spec import read_spec_file, resolve_spec
+from xleval.plugin.manager import get_plugin_manager
+from xleval.run.runner import run_cells
+from xleval.experiment.spec import read_spec_file, resolve_spec
 
 class PlanOnly:
     '''Does in the driver what the dask executor does there: plan, never run, a cell.'''

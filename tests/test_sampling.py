@@ -11,9 +11,9 @@ import textwrap
 
 import pytest
 
-from xleval.data import Example, MultilingualDataset
+from xleval.api.data import Example, MultilingualDataset
 from xleval.errors import DataError
-from xleval.sampling import ShotSample, sample_shots
+from xleval.experiment.sampling import ShotSample, sample_shots
 
 # en train: 20 of "a", 5 of "b", none of "c" ("c" exists only in de).
 TRAIN = {"en": {"a": 20, "b": 5}, "de": {"a": 3, "c": 4}}
@@ -107,8 +107,8 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {tests!r})
     from test_sampling import make_examples
-    from xleval.data import MultilingualDataset
-    from xleval.sampling import sample_shots
+    from xleval.api.data import MultilingualDataset
+    from xleval.experiment.sampling import sample_shots
     ds = MultilingualDataset(name="toy", examples=tuple(make_examples()))
     print(json.dumps([e.id for e in sample_shots(ds, "en", 4, 11).examples]))
 """)

@@ -6,11 +6,12 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from xleval_plugins.protocols import PROTOCOLS
 
+from xleval.api.hookspecs import hookimpl
 from xleval.errors import SpecError
-from xleval.hookspecs import hookimpl
-from xleval.plugins import get_plugin_manager
-from xleval.spec import load_spec, read_spec_file, resolve_spec
+from xleval.experiment.spec import load_spec, read_spec_file, resolve_spec
+from xleval.plugin.manager import get_plugin_manager
 
 SIZE = {
     "type": "object",
@@ -44,6 +45,11 @@ class SpecPlugin:
     @hookimpl
     def xleval_register_transfer_strategies(self, register):
         register("weight-copy", SimpleNamespace)
+
+    @hookimpl
+    def xleval_register_protocols(self, register):
+        for name, (factory, _) in PROTOCOLS.items():
+            register(name, factory)
 
     @hookimpl
     def xleval_register_fusion_strategies(self, register):
@@ -100,8 +106,8 @@ def test_one_seed_warns_that_nothing_will_be_tested(registry):
     target_only, transfer = spec.methods
     assert target_only.label == "target-only"
     assert target_only.model.options == {"dim": 16}
-    assert target_only.transfer is None
-    assert transfer.transfer.name == "weight-copy"
+    assert target_only.components == {}
+    assert transfer.components["transfer"].name == "weight-copy"
     assert target_only.training["epochs"] >= 1
 
 
@@ -131,7 +137,9 @@ def test_schema_errors_are_all_listed_with_paths(registry):
         in message
     )
     assert "at 'seeds': [] should be non-empty" in message
-    assert "at 'methods[0].protocol': 'transfr' is not one of" in message
+    assert (
+        "at 'methods[0].protocol': unknown protocol 'transfr'; did you mean 'transfer'?" in message
+    )
 
 
 def test_plugin_option_and_cross_field_errors_are_all_listed(registry):
@@ -159,7 +167,8 @@ def test_plugin_option_and_cross_field_errors_are_all_listed(registry):
         "\n  at 'methods[0].fusion': invalid options for fusion strategy 'exp-sum':\n"
         "    - at 'methods[0].fusion.options.on': 'probs' is not one of ['scores', 'log_probs']",
         "at 'methods[1].label': 'fusion' is used by two methods",
-        "at 'methods[1].transfer': only the 'transfer' protocol uses one",
+        "at 'methods[1].transfer': protocol 'target-only' takes no 'transfer'; 'transfer' "
+        "takes one",
         "at 'methods[2].training'",
         "at 'statistics.baseline': 'zero-shot' is not a method label",
     ):
@@ -203,7 +212,7 @@ def test_toml_json_and_errors_in_files(tmp_path, registry):
 def test_resolved_spec_validates_against_the_schema(registry):
     import jsonschema
 
-    from xleval.resources import load_schema
+    from xleval.experiment.resources import load_schema
 
     spec = resolve_spec(minimal(), registry)
     jsonschema.validate(spec.to_json(), load_schema("experiment"))

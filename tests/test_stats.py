@@ -1,4 +1,4 @@
-"""xleval.stats against closed forms, numerical integration and simulated data: the t
+"""xleval.analysis.stats against closed forms, numerical integration and simulated data: the t
 distribution, the seeds × examples estimate and its Behrens–Fisher test, the sign-flip test,
 Holm's correction, ranks, and the vectorised forms (and pseudo-values) of the metrics.
 
@@ -20,8 +20,7 @@ import torch
 from scipy import integrate
 from scipy import stats as scipy_stats
 
-from xleval.plugins import get_plugin_manager
-from xleval.stats import (
+from xleval.analysis.stats import (
     average_ranks,
     fiducial_half_widths,
     fiducial_p_values,
@@ -36,6 +35,7 @@ from xleval.stats import (
     t_quantile,
     unit_groups,
 )
+from xleval.plugin.manager import get_plugin_manager
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import stats_calibration as calibration  # the benchmark's own simulator

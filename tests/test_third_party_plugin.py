@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from helpers import xleval_subprocess
+from helpers import write_synthetic_dataset, xleval_subprocess
 
 from xleval.errors import PluginLoadError
-from xleval.plugins import get_plugin_manager
+from xleval.plugin.manager import get_plugin_manager
 
 pytestmark = pytest.mark.usefixtures("clean_plugin_env")
 
@@ -22,6 +22,7 @@ def test_fixture_package_is_discovered_with_its_distribution(with_plugin_site):
     assert record.to_json()["components"] == {
         "metrics": ["top_k_accuracy"],
         "fusion_strategies": ["majority-vote"],
+        "protocols": ["prior-shift"],
     }
 
 
@@ -75,6 +76,7 @@ def test_cli_json_lists_them_for_machines(plugin_site):
     assert records["example"]["components"] == {
         "fusion_strategies": ["majority-vote"],
         "metrics": ["top_k_accuracy"],
+        "protocols": ["prior-shift"],
     }
     assert records["broken"]["status"] == "failed"
 
@@ -104,3 +106,49 @@ def test_cli_can_disable_the_broken_plugin(plugin_site):
     records = {r["name"]: r for r in json.loads(result.stdout)}
     assert records["broken"]["status"] == "disabled"
     assert records["example"]["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_third_party_protocol_runs_next_to_the_bundled_ones(plugin_site, tmp_path):
+    """The fixture's 'prior-shift' protocol, with an option, in a spec beside the five
+    bundled methods: its cells run, are cached, compared with target-only in the report,
+    and a rerun recomputes nothing."""
+    data = write_synthetic_dataset(tmp_path / "syn.jsonl", groups_per_label=10)
+    spec = tmp_path / "mixed.toml"
+    spec.write_text(
+        f"""name = "mixed"
+dataset = {{ name = "jsonl", options = {{ path = "{data}" }} }}
+source = "en"
+targets = ["de"]
+shots = [0, 4]
+seeds = [1, 2]
+executor = "local"
+model = {{ name = "bag-of-embeddings", options = {{ dim = 8, buckets = 2000 }} }}
+training = {{ epochs = 2, min_steps = 0 }}
+[[methods]]
+protocol = "target-only"
+[[methods]]
+protocol = "zero-shot"
+[[methods]]
+protocol = "transfer"
+[[methods]]
+protocol = "prior-shift"
+options = {{ smoothing = 0.5 }}
+"""
+    )
+    out = tmp_path / "run"
+    first = xleval_subprocess(["run", str(spec), "--out", str(out)], pythonpath=plugin_site)
+    assert first.returncode == 0, first.stderr
+    report = json.loads((out / "report.json").read_text())
+    shifted = [c for c in report["cells"] if c["method"] == "prior-shift"]
+    assert [(c["shots"], c["status"]) for c in shifted] == [(4, "ok"), (4, "ok")]
+    assert all(
+        len(c["info"]["log_prior_shift"]) == len(report["dataset"]["labels"]) for c in shifted
+    )
+    components = shifted[0]["provenance"]["environment"]["components"]
+    assert components["protocols/prior-shift"]["distribution"] == "xleval-example-plugin"
+    planned = {(c["a"], c["b"]) for c in report["comparisons"] if c["family"] == "planned"}
+    assert ("prior-shift", "target-only") in planned
+    again = xleval_subprocess(["run", str(spec), "--out", str(out)], pythonpath=plugin_site)
+    assert again.returncode == 0, again.stderr
+    assert "0 computed" in again.stderr + again.stdout

@@ -9,15 +9,15 @@ import torch
 from torch import nn
 
 from xleval.errors import OptionsError
-from xleval.plugins import get_plugin_manager
-from xleval.training import (
+from xleval.experiment.training_options import DEFAULT_LR, TRAINING_SCHEMA, resolve_training_options
+from xleval.plugin.manager import get_plugin_manager
+from xleval.train.trainer import (
     RowAdagrad,
     _batches,
     build_model,
     predict_proba,
     train,
 )
-from xleval.training_options import DEFAULT_LR, TRAINING_SCHEMA, resolve_training_options
 
 SMALL_BAG = {"buckets": 4000, "dim": 16}
 WORDS = {0: ["kernel", "driver", "module"], 1: ["game", "puzzle", "arcade"],
@@ -229,7 +229,7 @@ def test_row_adagrad_matches_torch_adagrad_on_sparse_and_dense_gradients():
 
 
 def test_default_batch_size_grows_with_large_training_sets_for_adagrad_only():
-    from xleval.training import auto_batch_size
+    from xleval.train.trainer import auto_batch_size
 
     assert [auto_batch_size(n, "rowwise-adagrad") for n in (10, 1624, 2648, 9450, 10**6)] == [
         32,
@@ -244,7 +244,7 @@ def test_default_batch_size_grows_with_large_training_sets_for_adagrad_only():
 def test_docs_training_lists_every_option_with_its_default():
     from pathlib import Path
 
-    from xleval.training_options import TRAINING_SCHEMA, options_table
+    from xleval.experiment.training_options import TRAINING_SCHEMA, options_table
 
     page = (Path(__file__).parent.parent / "docs" / "training.md").read_text(encoding="utf-8")
     assert page.endswith(options_table())
@@ -253,8 +253,8 @@ def test_docs_training_lists_every_option_with_its_default():
 
 
 def test_explicit_epochs_without_min_steps_warns_once():
-    from xleval.plugins import get_plugin_manager
-    from xleval.spec import resolve_spec
+    from xleval.experiment.spec import resolve_spec
+    from xleval.plugin.manager import get_plugin_manager
 
     registry = get_plugin_manager(strict=False).registry
     base = {

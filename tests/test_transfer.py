@@ -6,8 +6,8 @@ import pytest
 import torch
 from xleval_plugins.transfer import TransferError
 
-from xleval.plugins import get_plugin_manager
-from xleval.training import build_model, train
+from xleval.plugin.manager import get_plugin_manager
+from xleval.train.trainer import build_model, train
 
 BAG = {"buckets": 300, "dim": 8}
 

@@ -1,5 +1,5 @@
 """``python -m xleval`` runs the command line."""
 
-from xleval.cli import main
+from xleval.cli.main import main
 
 main()

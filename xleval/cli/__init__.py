@@ -1,0 +1,1 @@
+"""The ``xleval`` command line."""

@@ -1,0 +1,1 @@
+"""Loading plugins (the pluggy manager) and the component registry they fill."""
