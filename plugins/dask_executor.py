@@ -10,13 +10,18 @@ resume and the cache behave exactly as with the local executors.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from xleval.api import Register, hookimpl
-from xleval.errors import XlevalError
+from xleval.errors import ExecutorStopped, XlevalError
 
 
 class DaskExecutorError(XlevalError):
@@ -50,6 +55,13 @@ WORKER_CONFIG = {
     "distributed.admin.tick.interval": "1s",  # only measures event-loop blockage
     "distributed.admin.system-monitor.interval": "5s",  # dashboard's CPU/memory plots
     "distributed.worker.memory.monitor-interval": "1s",  # memory limits: checked each second
+}
+
+#: The HTTP endpoints of a LocalCluster's scheduler and workers: health checks only (dask
+#: serves its info pages, logs and metrics there by default, to anyone on the machine).
+LOCAL_HTTP = {
+    "distributed.scheduler.http.routes": ["distributed.http.health"],
+    "distributed.worker.http.routes": ["distributed.http.health"],
 }
 
 #: Modules every cell imports, preloaded by the forkserver LocalCluster workers are forked
@@ -95,7 +107,16 @@ def warm_forkserver() -> str:
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
         context = get_mp_context()  # dask sets its preload list (once per process) ...
     context.set_forkserver_preload([*WORKER_PRELOAD, *bundled_plugin_modules()])  # ... ours
-    multiprocessing.forkserver.ensure_running()  # returns at once; the server imports
+    # The server is started as `python -c ...`, so the current folder comes first on its
+    # sys.path: from a folder holding a clone of xleval (an `xleval/` directory) it would
+    # import that as a namespace package instead of the installed xleval, and every worker
+    # would fail to start. Started from the interpreter's own folder, it cannot.
+    here = os.getcwd()
+    os.chdir(os.path.dirname(os.path.abspath(sys.executable)))
+    try:
+        multiprocessing.forkserver.ensure_running()  # returns at once; the server imports
+    finally:
+        os.chdir(here)
     return "forkserver"
 
 
@@ -121,22 +142,52 @@ def _prepare_worker(
             task.state(pickle.load(file))  # our own file, written by _write_dataset
 
 
-def refused_workers(outcomes: dict[str, Any]) -> list[str]:
-    """One line per worker whose preparation failed: a mismatch names what differs; any
-    other failure (xleval or a plugin not importable there, say) names the exception."""
-    lines = []
-    for address, outcome in sorted(outcomes.items()):
-        if not isinstance(outcome, BaseException):
-            continue
-        text = str(outcome)
-        if not text.startswith("worker "):
-            kind = type(outcome).__name__
-            # dask may hand a worker's exception back as a plain Exception of its repr
-            text = f"worker {address}: {text if kind == 'Exception' else f'{kind}: {text}'}"
-            if "No module named" in text:
-                text += " (install xleval and the spec's plugins on every worker)"
-        lines.append(text)
-    return lines
+def scheduler_lost(client: Any, exc: BaseException) -> bool:
+    """Whether a task's error means the driver lost its scheduler (dask cancels every
+    future then: "scheduler-connection-lost"), not that the cell failed."""
+    cancelled = type(exc).__name__ in ("FutureCancelledError", "CancelledError")
+    return cancelled and ("connection-lost" in str(exc) or client.status != "running")
+
+
+def _release_worker(task: Any) -> None:
+    """Runs on every worker when the run ends: frees the run's state there."""
+    getattr(task, "release", lambda: None)()
+
+
+#: seconds to wait for the guard's report from the workers present when a run starts
+ADMISSION_WAIT = 30.0
+
+
+class Admissions:
+    """The guard's events for one run, as they arrive (dask calls ``__call__`` from its
+    event loop): which workers were admitted, which refused and why."""
+
+    def __init__(self, run: str, topic: str) -> None:
+        self.run = run
+        self.topic = topic
+        self.admitted: set[str] = set()
+        self.refused: dict[str, str] = {}
+        self._unreported: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Any) -> None:
+        _, message = event
+        if not isinstance(message, dict) or message.get("run") != self.run:
+            return
+        with self._lock:
+            if message["refused"] is None:
+                self.admitted.add(message["worker"])
+                self.refused.pop(message["worker"], None)
+            elif self.refused.get(message["worker"]) != message["refused"]:
+                self.admitted.discard(message["worker"])
+                self.refused[message["worker"]] = message["refused"]
+                self._unreported.append(f"worker {message['worker']}: {message['refused']}")
+
+    def new_refusals(self) -> list[str]:
+        """Refusals not yet reported, once each."""
+        with self._lock:
+            lines, self._unreported = self._unreported, []
+        return lines
 
 
 def _write_dataset(dataset: Any) -> str:
@@ -163,6 +214,7 @@ class DaskExecutor:
         self.threads_per_worker = options["threads_per_worker"]
         self.retries = options["retries"]
         self.timeout = options["timeout"]
+        self.on_mismatch = options["on_mismatch"]
         self.stats: dict[str, Any] = {}
         self.start_method = "spawn"
         if not self.address:  # a LocalCluster: its workers' forkserver starts importing now
@@ -174,6 +226,15 @@ class DaskExecutor:
         if self.address:
             try:
                 client = distributed.Client(self.address, timeout=self.timeout)
+            except TypeError as exc:
+                if "TLS" not in str(exc):
+                    raise
+                raise DaskExecutorError(
+                    f"the dask scheduler at {self.address} speaks TLS, and this machine has no "
+                    "TLS client settings: set DASK_DISTRIBUTED__COMM__TLS__CA_FILE, "
+                    "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT and "
+                    "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY (docs/cluster.md, Security)"
+                ) from None
             except (OSError, TimeoutError) as exc:
                 raise DaskExecutorError(
                     f"cannot reach the dask scheduler at {self.address}: "
@@ -184,13 +245,20 @@ class DaskExecutor:
 
         # Nannies keep the config they were created with, restarts included.
         with dask.config.set(
-            {**WORKER_CONFIG, "distributed.worker.multiprocessing-method": self.start_method}
+            {
+                **WORKER_CONFIG,
+                **LOCAL_HTTP,
+                "distributed.worker.multiprocessing-method": self.start_method,
+            }
         ):
             cluster = distributed.LocalCluster(
                 n_workers=self.n_workers or (os.cpu_count() or 1),
                 threads_per_worker=self.threads_per_worker,
                 processes=True,
                 dashboard_address=None,
+                # dask's HTTP server starts even without a dashboard: on a free local port
+                # (not 8787), serving only /health (LOCAL_HTTP), not worker logs and state
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                 # a forked worker starts with the forkserver's environment (the driver's
                 # when the executor was built): give it the driver's as it is now, as a
                 # spawned one gets (e.g. XLEVAL_ROW_KERNEL set since)
@@ -256,31 +324,24 @@ class DaskExecutor:
     ) -> Iterator[Any]:
         client, cluster = self._connect_while(prepare_driver)
         futures: dict[Any, Any] = {}
+        run = task_key("run", str(os.getpid()), str(time.time_ns()))
+        from xleval_plugins.dask_guard import TOPIC  # imports distributed: not at load time
+
+        admissions = Admissions(run, TOPIC)
+        guard_name = None
         try:
             # Each worker thread trains with this many torch threads: more would
             # oversubscribe the cores that the worker processes share (training time
             # doubled in benchmarks/grid_scaling.py without this).
-            outcomes = client.run(
-                _prepare_worker,
-                self.threads_per_worker,
-                fn,
-                next(iter(dataset_file), None),
-                on_error="return",
-            )
-            refused = refused_workers(outcomes)
-            if refused:
-                raise DaskExecutorError(
-                    f"{len(refused)} of {len(outcomes)} dask workers cannot compute these cells "
-                    "as this machine would (their results would differ or be cached under "
-                    "keys they do not match); fix or remove them:\n"
-                    + "\n".join(f"  {line}" for line in refused)
-                )
+            guard_name, resource = self._admit(client, fn, dataset_file, run, admissions)
             dataset = None
             if portable is not None:
                 # keyed by the dataset's fingerprint: dask's own content hash (hash=True)
                 # took 1 s to tokenize ddtp-sections, the fingerprint is already computed
                 key = task_key("dataset", portable.fingerprint)
-                dataset = client.scatter({key: portable}, broadcast=True)[key]
+                # to admitted workers only: another may not even be able to unpickle it
+                admitted = sorted(admissions.admitted)
+                dataset = client.scatter({key: portable}, workers=admitted, broadcast=True)[key]
             artifacts: dict[str, Any] = {}
             for cell in cells:
                 needs = []
@@ -292,6 +353,7 @@ class DaskExecutor:
                             key=task_key("artifact", job.key),
                             pure=False,
                             retries=self.retries,
+                            resources={resource: 1},
                         )
                     needs.append(artifacts[job.key])
                 future = client.submit(
@@ -302,6 +364,7 @@ class DaskExecutor:
                     key=task_key("cell", repr(cell)),
                     pure=False,
                     retries=self.retries,
+                    resources={resource: 1},
                 )
                 futures[future] = cell
             self.stats = {
@@ -309,18 +372,94 @@ class DaskExecutor:
                 "cell_tasks": len(futures),
                 "dataset": "file" if dataset_file else "scattered" if portable else "by name",
             }
+            where = f"at {self.address}" if self.address else "of the local cluster"
             for future in distributed.as_completed(list(futures)):
+                self._report_refusals(admissions)
                 cell = futures.pop(future)
                 try:
                     yield future.result()
                 except Exception as exc:  # e.g. KilledWorker after repeated worker deaths
+                    if scheduler_lost(client, exc):
+                        raise ExecutorStopped(
+                            f"lost the dask scheduler {where}; the cells finished so far "
+                            "are kept: run the same command again to continue"
+                        ) from None
                     yield fn.failure(cell, exc)
+            for event in client.get_events(admissions.topic):  # any not delivered yet
+                admissions(event)
+            self._report_refusals(admissions)
         finally:
             for future in futures:
                 future.cancel()
+            if guard_name is not None:
+                with contextlib.suppress(Exception):  # teardown frees the run's state
+                    client.unregister_worker_plugin(guard_name)
+            with contextlib.suppress(Exception):
+                client.unsubscribe_topic(admissions.topic)
             client.close()
             if cluster is not None:
                 cluster.close()
+
+    def _admit(
+        self, client: Any, fn: Any, dataset_file: list[str], run: str, admissions: Admissions
+    ) -> tuple[str, str]:
+        """Register the run's guard on every worker (and those joining later); returns its
+        name and the resource admitted workers hold. Refused workers are named on stderr,
+        or stop the run (``on_mismatch = "stop"``); none admitted stops it."""
+        import xleval_plugins.dask_guard as guard_module
+        from distributed.protocol import pickle as dask_pickle
+
+        cloudpickle = __import__("cloudpickle")
+        cloudpickle.register_pickle_by_value(guard_module)
+        environment = json.dumps(getattr(fn, "environment", None), sort_keys=True, default=str)
+        resource = task_key("env", environment)
+        prepare = dask_pickle.dumps(
+            (_prepare_worker, (self.threads_per_worker, fn, next(iter(dataset_file), None)))
+        )
+        release = dask_pickle.dumps((_release_worker, (fn,)))
+        client.subscribe_topic(admissions.topic, admissions)
+        name = f"xleval-{run}"
+        present = client.register_plugin(
+            guard_module.RunGuard(run, resource, prepare, release), name=name
+        )
+        # every present worker has run the guard; its event may still be on its way
+        deadline = time.monotonic() + ADMISSION_WAIT
+        while not set(present) <= admissions.admitted | set(admissions.refused):
+            for event in client.get_events(admissions.topic):
+                admissions(event)
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        refused = admissions.new_refusals()
+        workers = len(admissions.admitted) + len(admissions.refused)
+        if refused and (self.on_mismatch == "stop" or not admissions.admitted):
+            raise DaskExecutorError(
+                f"{len(refused)} of {workers} dask workers cannot compute these cells "
+                "as this machine would (their results would differ or be cached under "
+                "keys they do not match); fix or remove them:\n"
+                + "\n".join(f"  {line}" for line in refused)
+            )
+        if not admissions.admitted:
+            raise DaskExecutorError("the dask cluster has no workers")
+        self._print_refusals(refused)
+        return name, resource
+
+    def _report_refusals(self, admissions: Admissions) -> None:
+        """Workers that joined since and were refused: named, or the run stops."""
+        refused = admissions.new_refusals()
+        if refused and self.on_mismatch == "stop":
+            raise DaskExecutorError(
+                "a dask worker that joined cannot compute these cells as this machine "
+                "would:\n" + "\n".join(f"  {line}" for line in refused)
+            )
+        self._print_refusals(refused)
+
+    def _print_refusals(self, lines: list[str]) -> None:
+        for line in lines:
+            print(
+                f"warning: {line}; excluded from this run (no cell runs there)",
+                file=sys.stderr,
+            )
 
 
 SCHEMA = {
@@ -350,6 +489,13 @@ SCHEMA = {
             "type": "string",
             "default": "10s",
             "description": "How long to wait for the scheduler (dask time string).",
+        },
+        "on_mismatch": {
+            "enum": ["exclude", "stop"],
+            "default": "exclude",
+            "description": "A worker whose xleval, torch, numpy, plugins, code or row kernel "
+            "differ from the driver's (or that cannot import them): 'exclude' it from the "
+            "run, named on stderr (the run goes on on the others), or 'stop' the run.",
         },
     },
 }

@@ -459,6 +459,12 @@ class TableReporter:
         failed = [c for c in report["cells"] if c["status"] == "failed"]
         if failed:
             text += f"\n\n{len(failed)} cell(s) failed; see the report's cells[].error"
+        not_run = [c for c in report["cells"] if c["status"] == "not-run"]
+        if not_run:
+            text += (
+                f"\n\nincomplete: {len(not_run)} cell(s) not run (the run stopped early); "
+                "no comparison over their columns; rerun to finish"
+            )
         notes = report.get("statistics", {}).get("notes", [])
         if notes and self.view != "main":
             text += "\n\nnotes:\n" + "\n".join(f"  - {n}" for n in notes)

@@ -4,6 +4,7 @@ mid-run, and clear errors for an unreachable scheduler or a missing dask."""
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import dask_scheduler, dask_worker, stop
+from helpers import dask_scheduler, dask_worker, start, stop
 from test_runner import metrics_of, write_spec
 
 from xleval.cli.main import build_cli
@@ -161,12 +162,13 @@ def test_local_cluster_is_quiet_and_its_workers_start_warm(monkeypatch):
     forked from a server that already imported torch and xleval, with the driver's
     environment as it is when the cluster starts."""
     import dask
-    from xleval_plugins.dask_executor import WORKER_CONFIG, DaskExecutor
+    from xleval_plugins.dask_executor import SCHEMA, WORKER_CONFIG, DaskExecutor
+
+    from xleval.plugin.registry import fill_defaults
 
     before = {key: dask.config.get(key) for key in WORKER_CONFIG}
     assert before != WORKER_CONFIG  # dask's defaults differ, so the test can fail
-    options = {"address": None, "n_workers": 1, "threads_per_worker": 1, "retries": 0,
-               "timeout": "10s"}  # fmt: skip
+    options = fill_defaults(SCHEMA, {"n_workers": 1, "retries": 0})
     executor = DaskExecutor(options)  # starts the forkserver, with this environment
     monkeypatch.setenv("XLEVAL_TEST_SET_LATER", "seen")
     client, cluster = executor._connect()
@@ -177,6 +179,14 @@ def test_local_cluster_is_quiet_and_its_workers_start_warm(monkeypatch):
             lambda dask_scheduler: dask_scheduler.periodic_callbacks["tick"].callback_time
         )
         warm = client.run(lambda: "xleval.train.cell" in sys.modules and "torch" in sys.modules)
+        http = client.run_on_scheduler(
+            lambda dask_scheduler: [
+                s.getsockname() for s in dask_scheduler.http_server._sockets.values()
+            ]
+        )
+        pages = {
+            path: http_status(http[0], path) for path in ("/health", "/info/main/workers.html")
+        }
     finally:
         client.close()
         cluster.close()
@@ -184,7 +194,21 @@ def test_local_cluster_is_quiet_and_its_workers_start_warm(monkeypatch):
     assert ticks == 1000  # ms: the scheduler, in the driver's process, got the setting too
     assert list(warm.values()) == [True]  # nothing imported yet but what the server preloaded
     assert list(later.values()) == ["seen"]  # the driver's environment when the cluster starts
+    # no dashboard: dask's HTTP server on a free local port, serving health checks only
+    assert [host for host, _ in http] == ["127.0.0.1"] and http[0][1] != 8787
+    assert pages == {"/health": 200, "/info/main/workers.html": 404}
     assert {key: dask.config.get(key) for key in WORKER_CONFIG} == before
+
+
+def http_status(address: tuple[str, int], path: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{address[0]}:{address[1]}{path}", timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def test_cluster_workers_bound_their_in_memory_artifacts(tmp_path):
@@ -329,3 +353,232 @@ def test_a_worker_installs_the_dataset_file_without_loading_by_name(tmp_path, mo
     finally:
         runner._STATES.pop(task.token, None)
         Path(path).unlink()
+
+
+def cluster_run(
+    spec: Path, out: Path, address: str, *extra: str, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("XLEVAL_")}, **(env or {})}
+    return subprocess.run(
+        [str(BIN / "xleval"), "run", str(spec), "--out", str(out), "-q", "--executor", "dask",
+         "--executor-option", f"address={address}", *extra],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_long_lived_workers_memory_returns_to_its_baseline_after_each_run(tmp_path):
+    """Three runs into new directories on one worker: the worker frees each run's state
+    (dataset, models of 2·10^5 x 16 floats, features) when it ends; its memory after runs 2
+    and 3 is within 50 MB of what it was after run 1."""
+    import psutil
+
+    spec = write_spec(tmp_path).read_text().replace("buckets = 20000", "buckets = 200000")
+    big = tmp_path / "big.toml"
+    big.write_text(spec)
+    scheduler, scheduler_file = dask_scheduler(tmp_path)
+    worker = dask_worker(scheduler_file, "long-lived", tmp_path)
+    try:
+        with distributed.Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
+            client.wait_for_workers(1, timeout=60)
+            address = client.scheduler.address
+            after = []
+            for i in range(3):
+                done = cluster_run(big, tmp_path / f"run{i}", address)
+                assert done.returncode == 0, done.stderr
+                (rss,) = client.run(lambda: psutil.Process().memory_info().rss).values()
+                after.append(rss / 2**20)
+    finally:
+        stop(worker)
+        stop(scheduler)
+    assert all(abs(mb - after[0]) <= 50 for mb in after[1:]), after
+
+
+@pytest.mark.slow
+def test_a_worker_that_joins_mid_run_unlike_the_driver_gets_no_cell(tmp_path):
+    """A worker joining while the run goes on is checked as it joins: with the row kernel
+    off (or anything else that enters the keys) it is named on stderr and excluded; every
+    cell runs on the worker that was there, with the local executor's results."""
+    from xleval.train.rowkernel import row_kernel_available
+
+    if not row_kernel_available():
+        pytest.skip("the row kernel is not built here: switching it off changes nothing")
+    spec = write_spec(tmp_path, epochs=150, seeds=(1, 2, 3, 4, 5, 6))  # long enough to join
+    scheduler, scheduler_file = dask_scheduler(tmp_path)
+    processes = [scheduler, dask_worker(scheduler_file, "first", tmp_path)]
+    try:
+        with distributed.Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
+            client.wait_for_workers(1, timeout=60)
+            address = client.scheduler.address
+        env = {k: v for k, v in os.environ.items() if not k.startswith("XLEVAL_")}
+        driver = subprocess.Popen(
+            [str(BIN / "xleval"), "run", str(spec), "--out", str(tmp_path / "run"), "-q",
+             "--executor", "dask", "--executor-option", f"address={address}"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        cells = tmp_path / "run" / "cells"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list(cells.glob("*.json")):
+            time.sleep(0.05)
+        late = {**env, "XLEVAL_ROW_KERNEL": "0"}
+        processes.append(dask_worker(scheduler_file, "late", tmp_path, env=late))
+        _, stderr = driver.communicate(timeout=600)
+    finally:
+        for process in processes:
+            stop(process)
+    assert driver.returncode == 0, stderr
+    (line,) = [line for line in stderr.splitlines() if "excluded from this run" in line]
+    assert "row kernel off ≠ on on the driver" in line
+    report = read_report(tmp_path / "run")
+    assert len({c["provenance"]["worker"] for c in report["cells"]}) == 1
+    local = tmp_path / "local"
+    assert run("run", str(spec), "--out", str(local), "-q").exit_code == 0
+    assert metrics_of(report) == metrics_of(read_report(local))
+
+
+@pytest.mark.slow
+def test_a_local_cluster_starts_from_a_folder_holding_an_xleval_folder(tmp_path):
+    """Run from the folder above a clone (it holds `xleval/`): the workers must still import
+    the installed xleval, not that folder as a namespace package."""
+    spec = write_spec(tmp_path)
+    common = tmp_path / "common"
+    (common / "xleval" / "xleval").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XLEVAL_")}
+    done = subprocess.run(
+        [str(BIN / "xleval"), "run", str(spec), "--out", str(tmp_path / "run"), "-q",
+         "--executor", "dask", "--executor-option", "n_workers=2"],
+        env=env, capture_output=True, text=True, timeout=600, cwd=common,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert read_report(tmp_path / "run")["run"]["cells_failed"] == 0
+
+
+def make_certificates(folder: Path) -> dict[str, str]:
+    """A private CA and one certificate for 127.0.0.1 signed by it (openssl)."""
+    commands = [
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 "
+        "-subj /CN=xleval-test-ca",
+        "openssl req -newkey rsa:2048 -nodes -keyout node.key -out node.csr -subj /CN=127.0.0.1",
+        "openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out node.pem "
+        "-days 2 -extfile ext.cnf",
+    ]
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    for command in commands:
+        subprocess.run(command.split(), cwd=folder, check=True, capture_output=True)
+    return {name: str(folder / name) for name in ("ca.pem", "node.pem", "node.key")}
+
+
+@pytest.mark.slow
+def test_a_tls_cluster_runs_a_spec_and_a_driver_without_tls_settings_gets_one_line(tmp_path):
+    """docs/cluster.md's Security section, followed: scheduler and worker on 127.0.0.1 with
+    certificates from a private CA; the driver with the client variables runs the spec with
+    the local executor's results; without them, one clear error line."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    tls = make_certificates(tmp_path)
+    flags = [
+        "--tls-ca-file",
+        tls["ca.pem"],
+        "--tls-cert",
+        tls["node.pem"],
+        "--tls-key",
+        tls["node.key"],
+    ]
+    scheduler_file = tmp_path / "scheduler.json"
+    scheduler = start(
+        [str(BIN / "dask"), "scheduler", "--protocol", "tls", "--host", "127.0.0.1", "--port",
+         "0", "--no-dashboard", "--scheduler-file", str(scheduler_file), *flags],
+        tmp_path / "scheduler.log",
+    )  # fmt: skip
+    processes = [scheduler]
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        assert address.startswith("tls://127.0.0.1:")
+        processes.append(
+            start(
+                [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-dashboard",
+                 *flags],
+                tmp_path / "worker.log",
+            )
+        )  # fmt: skip
+        spec = write_spec(tmp_path)
+        client_env = {
+            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": tls["ca.pem"],
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": tls["node.pem"],
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": tls["node.key"],
+        }
+        secure = cluster_run(spec, tmp_path / "tls", address, env=client_env)
+        plain = cluster_run(spec, tmp_path / "plain", address)
+    finally:
+        for process in processes:
+            stop(process)
+    assert secure.returncode == 0, secure.stderr
+    local = tmp_path / "local"
+    assert run("run", str(spec), "--out", str(local), "-q").exit_code == 0
+    assert metrics_of(read_report(tmp_path / "tls")) == metrics_of(read_report(local))
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    (line,) = [line for line in plain.stderr.splitlines() if line.startswith("error:")]
+    assert "speaks TLS, and this machine has no TLS client settings" in line
+
+
+@pytest.mark.slow
+def test_losing_the_scheduler_stops_cleanly_and_a_rerun_continues(tmp_path):
+    """The scheduler killed mid-run: one clear line, no traceback; the report says the run
+    stopped, marks the missing cells not run and tests no comparison over their columns;
+    the same command against a new scheduler computes only the cells that were missing."""
+    spec = write_spec(tmp_path, epochs=150, seeds=(1, 2, 3, 4))
+    out = tmp_path / "run"
+    scheduler, scheduler_file = dask_scheduler(tmp_path)
+    worker = dask_worker(scheduler_file, "w", tmp_path)
+    try:
+        with distributed.Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
+            client.wait_for_workers(1, timeout=60)
+            address = client.scheduler.address
+        env = {k: v for k, v in os.environ.items() if not k.startswith("XLEVAL_")}
+        driver = subprocess.Popen(
+            [str(BIN / "xleval"), "run", str(spec), "--out", str(out), "-q", "--executor",
+             "dask", "--executor-option", f"address={address}"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list(out.glob("cells/*.json"))) < 3:
+            time.sleep(0.05)
+        stop(scheduler)
+        _, stderr = driver.communicate(timeout=300)
+    finally:
+        stop(worker)
+        stop(scheduler)
+    assert driver.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: lost the dask scheduler at {address}"), stderr
+    assert last.endswith("run the same command again to continue")
+    report = read_report(out)
+    assert report["run"]["stopped"] and report["run"]["interrupted"] is True
+    statuses = [c["status"] for c in report["cells"]]
+    finished = statuses.count("ok")
+    assert 0 < finished < len(statuses) and set(statuses) == {"ok", "not-run"}
+    incomplete = {(c["target"], c["shots"]) for c in report["cells"] if c["status"] == "not-run"}
+    for comparison in report["comparisons"]:
+        if (comparison["target"], comparison["shots"]) in incomplete:
+            assert comparison["status"] != "ok", comparison
+
+    (tmp_path / "again").mkdir()
+    scheduler, scheduler_file = dask_scheduler(tmp_path / "again")
+    worker = dask_worker(scheduler_file, "w2", tmp_path)
+    try:
+        with distributed.Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
+            client.wait_for_workers(1, timeout=60)
+            address = client.scheduler.address
+        rerun = cluster_run(spec, out, address)
+    finally:
+        stop(worker)
+        stop(scheduler)
+    assert rerun.returncode == 0, rerun.stderr
+    run = read_report(out)["run"]
+    assert (run["cells_cached"], run["cells_computed"]) == (finished, len(statuses) - finished)

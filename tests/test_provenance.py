@@ -290,7 +290,10 @@ def test_editing_a_plugin_recomputes_its_cells_only_and_says_why(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_cluster_refuses_workers_that_differ_and_names_them(tmp_path):
+def test_a_cluster_excludes_workers_that_differ_names_them_and_finishes_on_the_others(tmp_path):
+    """Four workers, three of them unlike the driver (no plugin, row kernel off, no xleval at
+    all): each is named with what differs, gets no cell, and the run completes on the good
+    worker with the local executor's results; with on_mismatch = "stop" the run stops."""
     distributed = pytest.importorskip("distributed")
     site, source = editable_install(tmp_path)
     data = write_synthetic_dataset(tmp_path / "syn.jsonl", groups_per_label=8)
@@ -300,8 +303,15 @@ def test_a_cluster_refuses_workers_that_differ_and_names_them(tmp_path):
     base.pop("PYTHONPATH", None)
     scheduler, scheduler_file = dask_scheduler(tmp_path, env=base)
     processes = [scheduler]
+    with_plugin = {**base, "PYTHONPATH": f"{site}{os.pathsep}{source}"}
+
+    def xleval(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "xleval"), *args], env=with_plugin, capture_output=True, text=True,
+            timeout=300,
+        )  # fmt: skip
+
     try:
-        with_plugin = {**base, "PYTHONPATH": f"{site}{os.pathsep}{source}"}
         workers = {
             "good": with_plugin,
             "no-kernel": {**with_plugin, "XLEVAL_ROW_KERNEL": "0"},
@@ -326,42 +336,39 @@ def test_a_cluster_refuses_workers_that_differ_and_names_them(tmp_path):
             client.wait_for_workers(4, timeout=90)
             address = client.scheduler.address
             names = {w: info["name"] for w, info in client.scheduler_info()["workers"].items()}
-        done = subprocess.run(
-            [
-                str(BIN / "xleval"),
-                "run",
-                str(spec),
-                "--out",
-                str(tmp_path / "run"),
-                "-q",
-                "--executor",
-                "dask",
-                "--executor-option",
-                f"address={address}",
-            ],
-            env=with_plugin,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        cluster = ["--executor", "dask", "--executor-option", f"address={address}"]
+        done = xleval("run", str(spec), "--out", str(tmp_path / "run"), "-q", *cluster)
+        stopped = xleval(
+            "run", str(spec), "--out", str(tmp_path / "stopped"), "-q", *cluster,
+            "--executor-option", "on_mismatch=stop",
+        )  # fmt: skip
+        local = xleval("run", str(spec), "--out", str(tmp_path / "local"), "-q")
     finally:
         for process in processes:
             stop(process)
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    kernel = read_kernel_state()
-    assert f"{3 if kernel else 2} of 4 dask workers cannot compute these cells" in done.stderr
     by_name = {name: address for address, name in names.items()}
+    excluded = [line for line in done.stderr.splitlines() if "excluded from this run" in line]
+    kernel = read_kernel_state()
+    assert len(excluded) == (3 if kernel else 2), done.stderr
     if kernel:  # the compiled kernel is built here: switching it off is a difference
         assert f"worker {by_name['no-kernel']}: row kernel off ≠ on on the driver" in done.stderr
-    assert f"worker {by_name['no-plugin']}: " in done.stderr
-    assert "model 'tiny-a' of plugin 'editable' (xleval-editable-plugin) missing" in done.stderr
-    assert f"worker {by_name['good']}" not in done.stderr
-    without = next(
-        line for line in done.stderr.splitlines() if f"worker {by_name['no-xleval']}: " in line
-    )
+    plugin_line = next(line for line in excluded if by_name["no-plugin"] in line)
+    assert "model 'tiny-a' of plugin 'editable' (xleval-editable-plugin) missing" in plugin_line
+    without = next(line for line in excluded if by_name["no-xleval"] in line)
     assert "No module named 'xleval" in without and len(without) < 300
-    assert not list((tmp_path / "run" / "cells").glob("*.json"))  # nothing computed or cached
+    assert f"worker {by_name['good']}" not in done.stderr
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert {c["provenance"]["worker"] for c in report["cells"]} == {by_name["good"]}
+    assert local.returncode == 0, local.stderr
+    reference = json.loads((tmp_path / "local" / "report.json").read_text())
+    assert {c["key"]: c["metrics"] for c in report["cells"]} == {
+        c["key"]: c["metrics"] for c in reference["cells"]
+    }
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr
+    assert "dask workers cannot compute these cells" in stopped.stderr
+    assert not list((tmp_path / "stopped" / "cells").glob("*.json"))  # nothing computed
 
 
 def read_kernel_state() -> bool:

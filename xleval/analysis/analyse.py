@@ -533,6 +533,12 @@ class Comparer:
             "p_seeds": None,
             "p_examples": None,
         }
+        not_run = sum(c["status"] == "not-run" for c in (*cells_a, *cells_b))
+        if not_run:  # a partial column would test other seeds than the spec asks for
+            return entry | {
+                "status": "skipped",
+                "reason": f"incomplete: {not_run} of its cells not run (rerun to finish)",
+            }
         if not seeds:
             return entry | {
                 "status": "skipped",

@@ -41,6 +41,7 @@ from xleval.api.data import (
 )
 from xleval.api.errors import (
     DataError,
+    ExecutorStopped,
     MethodError,
     OptionsError,
     PluginOutputError,
@@ -60,6 +61,7 @@ __all__ = [
     "EvaluationProtocol",
     "Example",
     "Executor",
+    "ExecutorStopped",
     "FeatureBatch",
     "FusionStrategy",
     "MethodError",

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "DataError",
     "DuplicateComponentError",
+    "ExecutorStopped",
     "MethodError",
     "OptionsError",
     "PluginCodeError",
@@ -80,3 +81,9 @@ class MethodError(XlevalError):
 class PluginOutputError(XlevalError):
     """A component returned something its contract rules out: the message names the
     component, what it returned and what was expected."""
+
+
+class ExecutorStopped(XlevalError):
+    """An executor that cannot go on (its dask scheduler was lost, say): the run stops, the
+    cells finished so far are kept, the report marks the others not run, and the message
+    (say what happened and that a rerun continues) is the run's last line."""

@@ -242,13 +242,18 @@ def add_run_commands(cli: click.Group) -> None:
                 click.echo(f"{count} {plural(count, 'cell')} recomputed: {reason}", err=True)
             click.echo(
                 f"{run['cells_total']} cells: {run['cells_computed']} computed, "
-                f"{run['cells_cached']} cached, {run['cells_failed']} failed; "
+                f"{run['cells_cached']} cached, {run['cells_failed']} failed"
+                + (f", {run['cells_not_run']} not run" if run["cells_not_run"] else "")
+                + "; "
                 f"cells {run['wall_seconds']:.1f} s, total {time.perf_counter() - started:.1f} s; "
                 f"report: {run_dir / 'report.json'}",
                 err=True,
             )
             for path in outcome.corrupt:
                 click.echo(f"warning: corrupt cache entry recomputed: {path}", err=True)
+            if outcome.stopped:
+                click.echo(f"error: {outcome.stopped}", err=True)
+                sys.exit(EXIT_INTERRUPTED)
             if outcome.interrupted:
                 click.echo("interrupted: finished cells are kept; run again to finish", err=True)
                 sys.exit(EXIT_INTERRUPTED)

@@ -80,14 +80,14 @@ def cell_entry(cell: Cell, key: str, result: dict[str, Any] | None) -> dict[str,
     """A cell as the report shows it (predictions live in predictions.jsonl, not here)."""
     entry: dict[str, Any] = {"key": key, **cell.to_json()}
     if result is None or result["status"] != "ok":
-        # no result: not run, the run was interrupted or stopped by --fail-fast
+        # no result: not run, the run was interrupted or stopped early
         error = (
             "not run (the run was interrupted or stopped early)"
             if result is None
             else result["error"]
         )
         return entry | {
-            "status": "failed",
+            "status": "not-run" if result is None else "failed",
             "metrics": {},
             "source_metrics": {},
             "train_seconds": None,
@@ -157,9 +157,11 @@ def build_report(
             "cells_total": len(outcome.keys),
             "cells_computed": outcome.computed,
             "cells_cached": outcome.cached,
-            "cells_failed": sum(c["status"] != "ok" for c in cells),
+            "cells_failed": sum(c["status"] == "failed" for c in cells),
+            "cells_not_run": sum(c["status"] == "not-run" for c in cells),
             "wall_seconds": round(outcome.wall_seconds, 3),
             "interrupted": outcome.interrupted,
+            "stopped": outcome.stopped,
             "corrupt_cache_entries": outcome.corrupt,
         },
     }

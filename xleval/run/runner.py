@@ -19,7 +19,7 @@ from xleval.api import predictions as predictions_file
 from xleval.api.data import MultilingualDataset
 from xleval.api.files import content_key
 from xleval.api.workers import worker_label
-from xleval.errors import XlevalError
+from xleval.errors import ExecutorStopped, XlevalError
 from xleval.experiment.grid import Cell, expand_grid, order_for_sharing
 from xleval.experiment.spec import ExperimentSpec
 from xleval.plugin.manager import XlevalPluginManager, get_plugin_manager
@@ -66,6 +66,8 @@ class WorkerState:
 
 
 _STATES: dict[tuple[str, str], WorkerState] = {}
+#: runs whose state a process keeps at once (the oldest is dropped; it is rebuilt if needed)
+MAX_STATES = 2
 #: plugin managers built by ``CellTask.check_worker`` for the ``install`` that follows
 _CHECKED: dict[tuple[str, str], XlevalPluginManager] = {}
 
@@ -136,6 +138,8 @@ class CellTask:
             artifacts = ArtifactCache(max_items=256, max_bytes=DEFAULT_MAX_BYTES)
         if environments is None:
             environments = method_environments(pm, self.spec)
+        while len(_STATES) >= MAX_STATES:  # a long-lived worker serving run after run
+            _STATES.pop(next(iter(_STATES)))
         _STATES[self.token] = WorkerState(pm, dataset, protocols, artifacts, environments)
         return _STATES[self.token]
 
@@ -155,6 +159,19 @@ class CellTask:
 
     def state(self, dataset: MultilingualDataset | None = None) -> WorkerState:
         return _STATES.get(self.token) or self.install(dataset=dataset)
+
+    def release(self) -> None:
+        """Free this run's state in this process (its dataset, trained models, featurized
+        splits): an executor calls it on each worker when the run ends, so a long-lived
+        worker returns to its baseline memory."""
+        import gc
+
+        _STATES.pop(self.token, None)
+        _CHECKED.pop(self.token, None)
+        gc.collect()
+        from xleval.train.trainer import return_memory_to_the_system
+
+        return_memory_to_the_system()
 
     def preload(self) -> None:
         """Import what running a cell needs (torch and the trainer: 1.3 s, ~100 MB).
@@ -297,6 +314,8 @@ class RunOutcome:
     corrupt: list[str] = field(default_factory=list)
     interrupted: bool = False
     wall_seconds: float = 0.0
+    #: why the executor stopped the run early (ExecutorStopped), else None
+    stopped: str | None = None
     #: why cells with an earlier result were computed again -> how many
     recomputed: dict[str, int] = field(default_factory=dict)
 
@@ -386,6 +405,9 @@ def run_cells(
                 break
     except KeyboardInterrupt:
         outcome.interrupted = True
+    except ExecutorStopped as exc:  # e.g. the dask scheduler was lost: keep what finished
+        outcome.interrupted = True
+        outcome.stopped = str(exc)
     finally:
         close = getattr(results, "close", None)
         if close is not None:
