@@ -142,11 +142,48 @@ def _prepare_worker(
             task.state(pickle.load(file))  # our own file, written by _write_dataset
 
 
+def cancelled(exc: BaseException) -> bool:
+    """Whether a task's error is dask cancelling it (the scheduler was lost, data it needs
+    is gone, the watchdog gave up), not the cell failing: the run cannot go on."""
+    return type(exc).__name__ in ("FutureCancelledError", "CancelledError")
+
+
 def scheduler_lost(client: Any, exc: BaseException) -> bool:
-    """Whether a task's error means the driver lost its scheduler (dask cancels every
-    future then: "scheduler-connection-lost"), not that the cell failed."""
-    cancelled = type(exc).__name__ in ("FutureCancelledError", "CancelledError")
-    return cancelled and ("connection-lost" in str(exc) or client.status != "running")
+    """Whether a cancellation means the driver lost its scheduler ("scheduler-connection-
+    lost")."""
+    return cancelled(exc) and ("connection-lost" in str(exc) or client.status != "running")
+
+
+class Watchdog(threading.Thread):
+    """Watches, every few seconds, whether the cluster still has a worker admitted to the
+    run (holding its resource); after ``timeout`` seconds with none, cancels the run's
+    futures (their tasks would wait for such a worker forever) and sets ``fired``."""
+
+    def __init__(self, client: Any, resource: str, timeout: float, futures: list[Any]) -> None:
+        super().__init__(name="xleval-dask-watchdog", daemon=True)
+        self.client, self.resource, self.timeout = client, resource, timeout
+        self.futures = futures
+        self.fired = False
+        self.done = threading.Event()
+
+    def admitted(self) -> bool:
+        workers = self.client.scheduler_info().get("workers", {})
+        return any(w.get("resources", {}).get(self.resource) for w in workers.values())
+
+    def run(self) -> None:
+        since = time.monotonic()
+        while not self.done.wait(min(5.0, self.timeout / 4)):
+            try:
+                if self.admitted():
+                    since = time.monotonic()
+                    continue
+            except Exception:  # the scheduler is gone: the results loop says so
+                return
+            if time.monotonic() - since >= self.timeout:
+                self.fired = True
+                for future in self.futures:
+                    future.cancel()
+                return
 
 
 def _release_worker(task: Any) -> None:
@@ -215,6 +252,10 @@ class DaskExecutor:
         self.retries = options["retries"]
         self.timeout = options["timeout"]
         self.on_mismatch = options["on_mismatch"]
+        import_distributed()  # the clear error when dask is missing, before dask.utils
+        from dask.utils import parse_timedelta
+
+        self.no_worker_timeout = float(parse_timedelta(options["no_worker_timeout"]))
         self.stats: dict[str, Any] = {}
         self.start_method = "spawn"
         if not self.address:  # a LocalCluster: its workers' forkserver starts importing now
@@ -329,6 +370,7 @@ class DaskExecutor:
 
         admissions = Admissions(run, TOPIC)
         guard_name = None
+        watchdog: Watchdog | None = None
         try:
             # Each worker thread trains with this many torch threads: more would
             # oversubscribe the cores that the worker processes share (training time
@@ -373,22 +415,27 @@ class DaskExecutor:
                 "dataset": "file" if dataset_file else "scattered" if portable else "by name",
             }
             where = f"at {self.address}" if self.address else "of the local cluster"
+            watchdog = Watchdog(client, resource, self.no_worker_timeout, list(futures))
+            watchdog.start()
             for future in distributed.as_completed(list(futures)):
                 self._report_refusals(admissions)
                 cell = futures.pop(future)
                 try:
                     yield future.result()
                 except Exception as exc:  # e.g. KilledWorker after repeated worker deaths
-                    if scheduler_lost(client, exc):
+                    if cancelled(exc):  # nothing more can run: stop, keep what finished
                         raise ExecutorStopped(
-                            f"lost the dask scheduler {where}; the cells finished so far "
-                            "are kept: run the same command again to continue"
+                            self._why_cancelled(client, exc, watchdog, where)
+                            + "; the cells finished so far are kept: run the same command "
+                            "again to continue"
                         ) from None
                     yield fn.failure(cell, exc)
             for event in client.get_events(admissions.topic):  # any not delivered yet
                 admissions(event)
             self._report_refusals(admissions)
         finally:
+            if watchdog is not None:
+                watchdog.done.set()
             for future in futures:
                 future.cancel()
             if guard_name is not None:
@@ -399,6 +446,20 @@ class DaskExecutor:
             client.close()
             if cluster is not None:
                 cluster.close()
+
+    def _why_cancelled(self, client: Any, exc: BaseException, watchdog: Any, where: str) -> str:
+        if scheduler_lost(client, exc):
+            return f"lost the dask scheduler {where}"
+        if watchdog.fired:
+            return (
+                f"no admitted dask worker for {self.no_worker_timeout:g} s (they left or "
+                "died, and any there differ from this machine)"
+            )
+        reason = str(exc).split("\n", 1)[0]
+        return (
+            f"dask cancelled the run's tasks ({reason}): e.g. every worker holding the "
+            "dataset scattered to the cluster left"
+        )
 
     def _admit(
         self, client: Any, fn: Any, dataset_file: list[str], run: str, admissions: Admissions
@@ -489,6 +550,12 @@ SCHEMA = {
             "type": "string",
             "default": "10s",
             "description": "How long to wait for the scheduler (dask time string).",
+        },
+        "no_worker_timeout": {
+            "type": "string",
+            "default": "60s",
+            "description": "Stop the run when no admitted worker has been in the cluster for "
+            "this long (dask time string): the cells would wait for one forever.",
         },
         "on_mismatch": {
             "enum": ["exclude", "stop"],

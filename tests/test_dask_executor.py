@@ -582,3 +582,45 @@ def test_losing_the_scheduler_stops_cleanly_and_a_rerun_continues(tmp_path):
     assert rerun.returncode == 0, rerun.stderr
     run = read_report(out)["run"]
     assert (run["cells_cached"], run["cells_computed"]) == (finished, len(statuses) - finished)
+
+
+@pytest.mark.slow
+def test_a_run_whose_admitted_workers_are_gone_stops_instead_of_waiting(tmp_path):
+    """The only admitted worker dies (with the scattered dataset); the one left differs from
+    the driver: instead of failing every remaining cell or waiting forever for a worker that
+    may compute them, the run stops with one line, keeping what finished."""
+    from xleval.train.rowkernel import row_kernel_available
+
+    if not row_kernel_available():
+        pytest.skip("the row kernel is not built here: switching it off changes nothing")
+    spec = write_spec(tmp_path, epochs=150, seeds=(1, 2, 3, 4))
+    out = tmp_path / "run"
+    scheduler, scheduler_file = dask_scheduler(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XLEVAL_")}
+    good = dask_worker(scheduler_file, "good", tmp_path)
+    other = dask_worker(scheduler_file, "other", tmp_path, env={**env, "XLEVAL_ROW_KERNEL": "0"})
+    try:
+        with distributed.Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+            address = client.scheduler.address
+        driver = subprocess.Popen(
+            [str(BIN / "xleval"), "run", str(spec), "--out", str(out), "-q", "--executor",
+             "dask", "--executor-option", f"address={address}",
+             "--executor-option", "no_worker_timeout=3s"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list(out.glob("cells/*.json"))) < 2:
+            time.sleep(0.05)
+        stop(good)
+        _, stderr = driver.communicate(timeout=300)
+    finally:
+        for process in (good, other, scheduler):
+            stop(process)
+    assert driver.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and last.endswith("run the same command again to continue")
+    assert "failed:" not in stderr  # no cell blamed for the cluster's state
+    report = read_report(out)
+    assert report["run"]["cells_not_run"] > 0 and report["run"]["stopped"]
