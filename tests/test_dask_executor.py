@@ -624,3 +624,56 @@ def test_a_run_whose_admitted_workers_are_gone_stops_instead_of_waiting(tmp_path
     assert "failed:" not in stderr  # no cell blamed for the cluster's state
     report = read_report(out)
     assert report["run"]["cells_not_run"] > 0 and report["run"]["stopped"]
+
+
+@pytest.mark.slow
+def test_the_watchdog_stops_a_run_left_without_an_admitted_worker(tmp_path):
+    """A bundled dataset (loaded by name on each worker, nothing scattered to lose): when
+    the only admitted worker dies, the tasks would wait forever for a worker holding the
+    run's resource; after no_worker_timeout the run stops with one line saying so."""
+    from xleval.train.rowkernel import row_kernel_available
+
+    if not row_kernel_available():
+        pytest.skip("the row kernel is not built here: switching it off changes nothing")
+    spec = tmp_path / "bundled.toml"
+    spec.write_text(
+        """dataset = { name = "ddtp-sections", options = { languages = ["en", "de"] } }
+source = "en"
+targets = ["de"]
+shots = [4, 8]
+seeds = [1, 2, 3, 4, 5, 6]
+model = { name = "bag-of-embeddings", options = { dim = 8, buckets = 2000 } }
+training = { epochs = 3, min_steps = 0 }
+[[methods]]
+protocol = "zero-shot"
+[[methods]]
+protocol = "transfer"
+"""
+    )
+    out = tmp_path / "run"
+    scheduler, scheduler_file = dask_scheduler(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XLEVAL_")}
+    good = dask_worker(scheduler_file, "good", tmp_path)
+    other = dask_worker(scheduler_file, "other", tmp_path, env={**env, "XLEVAL_ROW_KERNEL": "0"})
+    try:
+        with distributed.Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+            address = client.scheduler.address
+        driver = subprocess.Popen(
+            [str(BIN / "xleval"), "run", str(spec), "--out", str(out), "-q", "--executor",
+             "dask", "--executor-option", f"address={address}",
+             "--executor-option", "no_worker_timeout=3s"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list(out.glob("cells/*.json"))) < 2:
+            time.sleep(0.05)
+        stop(good)
+        _, stderr = driver.communicate(timeout=300)
+    finally:
+        for process in (good, other, scheduler):
+            stop(process)
+    assert driver.returncode == 130, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no admitted dask worker for 3 s"), stderr
+    assert read_report(out)["run"]["cells_not_run"] > 0
