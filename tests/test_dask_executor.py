@@ -403,7 +403,7 @@ def test_a_worker_that_joins_mid_run_unlike_the_driver_gets_no_cell(tmp_path):
 
     if not row_kernel_available():
         pytest.skip("the row kernel is not built here: switching it off changes nothing")
-    spec = write_spec(tmp_path, epochs=150, seeds=(1, 2, 3, 4, 5, 6))  # long enough to join
+    spec = write_spec(tmp_path, epochs=400, seeds=tuple(range(1, 9)))  # long enough to join
     scheduler, scheduler_file = dask_scheduler(tmp_path)
     processes = [scheduler, dask_worker(scheduler_file, "first", tmp_path)]
     try:
@@ -422,6 +422,10 @@ def test_a_worker_that_joins_mid_run_unlike_the_driver_gets_no_cell(tmp_path):
             time.sleep(0.05)
         late = {**env, "XLEVAL_ROW_KERNEL": "0"}
         processes.append(dask_worker(scheduler_file, "late", tmp_path, env=late))
+        with distributed.Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+        time.sleep(5)  # the guard's check on the late worker
+        assert driver.poll() is None, "the run ended before the late worker joined: lengthen it"
         _, stderr = driver.communicate(timeout=600)
     finally:
         for process in processes:
