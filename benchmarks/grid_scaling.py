@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -82,7 +83,15 @@ def child(request: dict[str, Any]) -> dict[str, Any]:
     phases = {"startup": time.perf_counter() - started}
 
     mark = time.perf_counter()
-    outcome = run_cells(spec, pm, dataset, run_dir, executor=executor)
+    arrivals: list[tuple[float, float, str]] = []  # (arrived, task seconds, worker)
+
+    def arrived(cell: Any, result: dict[str, Any]) -> None:
+        seconds = result.get("info", {}).get("task_seconds")
+        worker = result.get("provenance", {}).get("worker")
+        if seconds is not None and worker is not None:
+            arrivals.append((time.perf_counter() - mark, seconds, worker))
+
+    outcome = run_cells(spec, pm, dataset, run_dir, executor=executor, on_result=arrived)
     phases["cells"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -101,13 +110,15 @@ def child(request: dict[str, Any]) -> dict[str, Any]:
     metrics = {}
     busy = 0.0
     trained, reused = set(), {}
-    for key, result in outcome.results.items():
+    for result in outcome.results.values():
         if result["status"] != "ok":
             continue
         busy += result["train_seconds"] + result["eval_seconds"]
         for name, seconds in result["info"].get("timings", {}).items():
             cell_phases[name] = cell_phases.get(name, 0.0) + seconds
-        metrics[key] = [result["metrics"], result["source_metrics"]]
+        cell = result["cell"]
+        label = f"{cell['method']} {cell['target']} k={cell['shots']} seed={cell['seed']}"
+        metrics[label] = [result["metrics"], result["source_metrics"]]
         for entry in result["info"]["training"]:
             model = (result["cell"]["seed"], json.dumps(entry["train_set"]), entry["seconds"])
             if entry["cached"]:
@@ -116,6 +127,7 @@ def child(request: dict[str, Any]) -> dict[str, Any]:
                 trained.add(model)
     return {
         "phases": phases,
+        "idle": idle_times(arrivals, phases["cells"]),
         "cell_phases": cell_phases,
         "cell_busy": busy,
         # models no cell trained: the dask executor trains shared source models as tasks
@@ -125,6 +137,24 @@ def child(request: dict[str, Any]) -> dict[str, Any]:
         "failed": len(outcome.failed),
         "metrics": metrics,
     }
+
+
+def idle_times(arrivals: list[tuple[float, float, str]], cells_wall: float) -> dict[str, float]:
+    """Where the workers idled during the cells phase, summed over workers: before their
+    first task ("start": starting workers, checks, imports), between tasks ("between":
+    scheduling, sending tasks and results) and after their last one ("end": waiting for
+    the others to finish). A task's start is its result's arrival less its own duration
+    (``info.task_seconds``), so the time a result takes to reach the driver counts as idle."""
+    by_worker: dict[str, list[tuple[float, float]]] = {}
+    for arrived, seconds, worker in arrivals:
+        by_worker.setdefault(worker, []).append((arrived - seconds, arrived))
+    idle = {"start": 0.0, "between": 0.0, "end": 0.0}
+    for spans in by_worker.values():
+        spans.sort()
+        idle["start"] += max(0.0, spans[0][0])
+        idle["between"] += sum(max(0.0, b[0] - a[1]) for a, b in itertools.pairwise(spans))
+        idle["end"] += max(0.0, cells_wall - spans[-1][1])
+    return idle
 
 
 def run_once(
@@ -302,7 +332,11 @@ def report(
         )
     print(table(rows, ["run", *share]))
 
-    print("\nper-cell overhead of the executor (start-up, scheduling, transfers, idle workers):")
+    print(
+        "\noverhead of the executor: workers' idle time in the cells phase, summed over "
+        "workers\n(start: before their first task; between: between tasks; end: after their "
+        "last one, while another finishes)"
+    )
     rows = []
     for w in workers:
         rs = runs[w]
@@ -310,11 +344,17 @@ def report(
         work = median(r["cell_busy"] + r["artifact_seconds"] for r in rs)
         n = median(r["cells"] for r in rs)
         overhead = max(0.0, cells_wall * w - work) / n if n else 0.0
+        idle = {k: median(r["idle"][k] for r in rs) for k in ("start", "between", "end")}
+        per_cell = (idle["between"] + idle["end"]) / n if n else 0.0
         rows.append(
             [
                 f"{w} worker{'s' if w > 1 else ''}",
                 f"{n:.0f}",
                 f"{median(r['artifact_seconds'] for r in rs):.1f}",
+                f"{idle['start']:.2f}",
+                f"{idle['between']:.2f}",
+                f"{idle['end']:.2f}",
+                f"{1000 * per_cell:.1f}",
                 f"{1000 * overhead:.0f}",
             ]
         )
@@ -325,7 +365,11 @@ def report(
                 "run",
                 "cells",
                 "artifact task s",
-                "overhead ms/cell ((cells s x workers - cell s - artifact task s) / cells)",
+                "idle start s",
+                "between s",
+                "end s",
+                "per cell ms ((between + end) / cells)",
+                "all ms/cell ((cells s x workers - cell s - artifact task s) / cells)",
             ],
         )
     )
@@ -333,6 +377,10 @@ def report(
     every = [r for rs in (*runs.values(), *memory.values()) for r in rs]
     same = all(r["metrics"] == every[0]["metrics"] for r in every)
     print(f"\nmetrics bit-identical across worker counts and rounds: {'yes' if same else 'NO'}")
+    for r in every:
+        differing = [c for c, m in r["metrics"].items() if every[0]["metrics"].get(c) != m]
+        for cell in differing[:5]:
+            print(f"  differs: {cell}: {every[0]['metrics'].get(cell)} vs {r['metrics'][cell]}")
     speedup = 1.0
     if len(workers) > 1:
         w = workers[-1]
@@ -344,7 +392,7 @@ def report(
         # scheduler, nannies and a forkserver, and keeps shared models in dask's store
         memory_bar = " (<= 2048)" if executor == "processes" else ""
         print(
-            f"bar: speed-up from {workers[0]} to {w} workers {speedup:.2f}x (>= 1.7); "
+            f"bar: speed-up from {workers[0]} to {w} workers {speedup:.2f}x (>= 1.85); "
             f"peak memory {peak:.0f} MB PSS, {peak_rss:.0f} MB RSS summed{memory_bar}"
         )
     return speedup

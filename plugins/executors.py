@@ -14,6 +14,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from xleval.api import Register, hookimpl
+from xleval.errors import ExecutorStopped, XlevalError
 
 
 class LocalExecutor:
@@ -33,6 +34,24 @@ def _init_worker(threads: int) -> None:
     set_thread_budget(threads)  # torch's threads, and a cap on every training's `threads`
 
 
+def _check_worker(fn: Any) -> None:
+    """Runs in a worker that did not fork from the driver: raises if it would compute the
+    cells differently (``CellTask.check_worker``: versions, code, plugins, row kernel)."""
+    getattr(fn, "check_worker", lambda: None)()
+
+
+def start_method(requested: str | None) -> str:
+    """``requested``, else ``fork`` where the platform has it (Python 3.14 makes
+    ``forkserver`` the default on Linux), else the platform's default."""
+    import multiprocessing
+
+    if requested is not None:
+        return requested
+    if "fork" in multiprocessing.get_all_start_methods():
+        return "fork"
+    return multiprocessing.get_start_method()
+
+
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity), else the machine's."""
     try:
@@ -50,10 +69,18 @@ class ProcessExecutor:
     """
 
     def __init__(self, options: dict[str, Any]) -> None:
+        import multiprocessing
+
         cores = available_cores()
         self.workers = options.get("workers") or cores
         fair_share = max(1, cores // self.workers)
         self.threads = min(options.get("threads_per_worker") or fair_share, fair_share)
+        self.start_method = start_method(options.get("start_method"))
+        if self.start_method not in multiprocessing.get_all_start_methods():
+            raise XlevalError(
+                f"executor 'processes': start_method '{self.start_method}' is not available "
+                f"here (available: {', '.join(multiprocessing.get_all_start_methods())})"
+            )
 
     def map(self, fn: Callable[[Any], Any], cells: Iterable[Any]) -> Iterator[Any]:
         """Results as they complete. A worker that dies (the OOM killer, a segfault) breaks
@@ -63,8 +90,13 @@ class ProcessExecutor:
         cells = list(cells)
         if not cells:
             return
-        # Workers fork from this process: import torch here once, not in each of them.
-        getattr(fn, "preload", lambda: None)()
+        if self.start_method == "fork":
+            # Workers fork from this process: import torch here once, not in each of them.
+            # A forked worker is a copy of the driver (its code, plugins and environment),
+            # which has checked itself; a spawned one checks itself before any cell.
+            getattr(fn, "preload", lambda: None)()
+        else:
+            self._check_a_worker(fn)
         queue = deque(range(len(cells)))
         suspects: deque[int] = deque()
         deaths: dict[int, int] = {}
@@ -86,6 +118,28 @@ class ProcessExecutor:
                 else:
                     suspects.append(index)
 
+    def _check_a_worker(self, fn: Callable[[Any], Any]) -> None:
+        """Stop the run, with one line, when a worker started as this executor starts them
+        would not compute the cells as the driver does (e.g. the code changed on disk since
+        the run began): every worker would refuse every cell. (Each worker checks itself
+        again before its first cell, so none computes a cell under a key it does not
+        match.)"""
+        import multiprocessing
+
+        pool = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context(self.start_method)
+        )
+        try:
+            pool.submit(_check_worker, fn).result()
+        except XlevalError as exc:
+            raise ExecutorStopped(
+                f"a worker process started by '{self.start_method}' differs from this "
+                f"process: {exc}; no cell was computed there: rerun when the code and "
+                "environment are as they were when the run began"
+            ) from None
+        finally:
+            pool.shutdown()
+
     def _run(
         self, fn: Callable[[Any], Any], cells: list[Any], queue: deque[int], workers: int
     ) -> Generator[Any, None, list[int]]:
@@ -93,8 +147,11 @@ class ProcessExecutor:
         indices of the cells lost when a worker died (the pool is then broken)."""
         # Keep at most 2 tasks per worker in flight, so an interrupted run wastes little and
         # results stream back in roughly submission order (shared artifacts first).
+        import multiprocessing
+
         pool = ProcessPoolExecutor(
             max_workers=min(workers, len(queue)),
+            mp_context=multiprocessing.get_context(self.start_method),
             initializer=_init_worker,
             initargs=(self.threads,),
         )
@@ -133,8 +190,6 @@ MAX_DEATHS = 3
 
 
 def _failure(fn: Any, cell: Any, message: str) -> Any:
-    from xleval.errors import XlevalError
-
     failure = getattr(fn, "failure", None)
     if failure is None:
         raise XlevalError(f"{cell}: {message}")
@@ -157,6 +212,14 @@ WORKERS_SCHEMA = {
             "default": None,
             "description": "torch threads in each worker (also the most a training may "
             "use); null or more than cores // workers: cores // workers.",
+        },
+        "start_method": {
+            "enum": [None, "fork", "spawn", "forkserver"],
+            "default": None,
+            "description": "How workers start; null: fork where the platform has it (a "
+            "worker is then a copy of this process), else the platform's default. A worker "
+            "that is not forked checks that its code and environment match this process's "
+            "before it computes a cell.",
         },
     },
 }

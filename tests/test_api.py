@@ -52,3 +52,21 @@ def test_assign_splits_keeps_each_group_in_one_split_and_never_changes_it():
 def test_assign_splits_refuses_ratios_that_do_not_add_up():
     with pytest.raises(OptionsError, match="sum to 1"):
         api.assign_splits([], {"train": 0.5, "test": 0.2})
+
+
+def test_a_protocol_without_run_cannot_be_built_and_the_error_names_its_plugin():
+    from xleval.errors import PluginCodeError
+    from xleval.plugin.manager import get_plugin_manager
+
+    class NoRun(api.EvaluationProtocol):
+        pass
+
+    class Plugin:
+        @api.hookimpl
+        def xleval_register_protocols(self, register):
+            register("no-run", NoRun, description="forgot run()")
+
+    pm = get_plugin_manager(use_entry_points=False, plugins=[Plugin()])
+    expected = r"protocol 'no-run' of plugin 'Plugin'.*abstract method run"
+    with pytest.raises(PluginCodeError, match=expected):
+        pm.registry.build("protocols", "no-run", {})

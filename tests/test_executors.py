@@ -70,3 +70,69 @@ def test_workers_inherit_what_the_task_preloaded():
         assert all(preloaded == os.getpid() != worker for _, preloaded, worker in results)
     finally:
         PRELOADED_IN = None
+
+
+def run_with(tmp_path, executor):
+    from test_runner import write_spec
+
+    from xleval.experiment.spec import read_spec_file, resolve_spec
+    from xleval.plugin.manager import get_plugin_manager
+    from xleval.run.runner import run_cells
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    pm = get_plugin_manager()
+    spec = resolve_spec(read_spec_file(write_spec(tmp_path, epochs=2, seeds=(1,))), pm.registry)
+    dataset = pm.registry.build("datasets", spec.dataset.name, spec.dataset.options).load()
+    outcome = run_cells(spec, pm, dataset, tmp_path / "run", executor=executor)
+    return {k: r["metrics"] for k, r in outcome.results.items()}, outcome
+
+
+def test_the_default_start_method_is_fork_where_the_platform_has_it():
+    import multiprocessing
+
+    assert "fork" in multiprocessing.get_all_start_methods()  # Linux, where CI runs
+    assert ProcessExecutor({}).start_method == "fork"
+    assert ProcessExecutor({"start_method": "spawn"}).start_method == "spawn"
+
+
+def test_spawned_workers_compute_what_forked_ones_do(tmp_path):
+    """A spawned worker builds its own state (plugins, dataset, code check) from the task."""
+    forked, _ = run_with(tmp_path / "fork", ProcessExecutor({"workers": 2}))
+    spawned, outcome = run_with(
+        tmp_path / "spawn", ProcessExecutor({"workers": 2, "start_method": "spawn"})
+    )
+    assert not outcome.failed and outcome.stopped is None
+    assert spawned == forked and len(forked) > 0
+
+
+class ChangingEnvironment(ProcessExecutor):
+    """The environment changes after the driver keyed the cells (as if a user switched the
+    row kernel off in the shell the run's workers start from): spawned workers differ."""
+
+    def map(self, fn, cells):
+        os.environ["XLEVAL_ROW_KERNEL"] = "0"
+        yield from super().map(fn, cells)
+
+
+def test_a_spawned_worker_unlike_the_driver_stops_the_run_before_any_cell(tmp_path, monkeypatch):
+    monkeypatch.delenv("XLEVAL_ROW_KERNEL", raising=False)
+    try:
+        metrics, outcome = run_with(
+            tmp_path, ChangingEnvironment({"workers": 2, "start_method": "spawn"})
+        )
+    finally:
+        os.environ.pop("XLEVAL_ROW_KERNEL", None)
+    assert metrics == {} and outcome.computed == 0
+    assert outcome.stopped is not None and "differs from this process" in outcome.stopped
+    assert "row kernel" in outcome.stopped and "worker" in outcome.stopped
+    assert not list((tmp_path / "run").glob("cells/**/*.json"))  # nothing stored
+
+
+def test_an_unavailable_start_method_is_a_clear_error(monkeypatch):
+    import multiprocessing
+
+    from xleval.errors import XlevalError
+
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    with pytest.raises(XlevalError, match="start_method 'fork' is not available"):
+        ProcessExecutor({"start_method": "fork"})

@@ -201,6 +201,65 @@ def test_a_worker_that_differs_is_refused_naming_it_and_the_differences(tmp_path
     )
 
 
+PRELOAD_CHECK = """
+import json, sys
+from test_provenance import RAW_SPEC
+from xleval.experiment.spec import resolve_spec
+from xleval.plugin import registry
+from xleval.run import provenance
+if sys.argv[1] == "warm":
+    import xleval.run.preload  # what the dask executor's forkserver imports
+    assert registry._VALID_SCHEMAS and provenance._file_facts.cache_info().currsize > 0
+else:
+    assert not registry._VALID_SCHEMAS and provenance._file_facts.cache_info().currsize == 0
+from xleval.plugin.manager import get_plugin_manager
+pm = get_plugin_manager(strict=False)
+print(json.dumps(provenance.spec_environment(pm, resolve_spec(RAW_SPEC, pm.registry))))
+"""
+
+
+def test_a_preloaded_process_computes_the_same_environment_as_a_cold_one():
+    """Workers forked from a process that imported ``xleval.run.preload`` skip re-reading
+    the code, and still find exactly what a fresh process finds."""
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": str(here)}
+    found = [
+        subprocess.run(
+            [sys.executable, "-c", PRELOAD_CHECK, mode],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=here,
+        ).stdout
+        for mode in ("warm", "cold")
+    ]
+    assert found[0] == found[1] and json.loads(found[0])["xleval"]["code"]
+
+
+def test_remembered_file_facts_follow_an_edit(tmp_path):
+    """What a preload remembers is keyed by each file's version: an edit after it is seen."""
+    module = tmp_path / "edited.py"
+    module.write_text("import os\n")
+    before = provenance._file_facts_of(str(module))
+    module.write_text("import json, sys\n")
+    os.utime(module, ns=(time.time_ns() + 10**9,) * 2)
+    after = provenance._file_facts_of(str(module))
+    assert before != after and ("json", 0, "") in after[1]
+
+
+def test_the_forkserver_preloads_modules_that_exist():
+    """multiprocessing's forkserver skips a preload module it cannot import, silently: a
+    misspelt one would only make every worker start cold."""
+    import importlib
+
+    from xleval_plugins.dask_executor import WORKER_PRELOAD
+
+    for name in WORKER_PRELOAD:
+        importlib.import_module(name)
+    assert "xleval.run.preload" in WORKER_PRELOAD
+
+
 # -- end to end: an editable plugin whose code is edited between runs --------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -133,3 +134,23 @@ def test_a_factory_taking_no_arguments_is_called_with_none():
     ]:
         component = Component("metrics", "m", factory, schema, "", "p")
         assert check(component.build({} if schema else None))
+
+
+def test_a_schema_is_checked_once_per_process_and_an_invalid_one_every_time(monkeypatch):
+    import jsonschema
+
+    from xleval.plugin import registry
+
+    monkeypatch.setattr(registry, "_VALID_SCHEMAS", set())
+    calls = []
+    real = registry.validator_for
+    monkeypatch.setattr(registry, "validator_for", lambda s: calls.append(s) or real(s))
+    valid = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}
+    registry.check_schema(valid)
+    registry.check_schema(json.loads(json.dumps(valid)))  # equal content, another object
+    assert len(calls) == 1
+    invalid = {"type": "object", "properties": {"n": {"type": "no-such-type"}}}
+    for _ in range(2):
+        with pytest.raises(jsonschema.SchemaError):
+            registry.check_schema(invalid)
+    assert len(calls) == 3

@@ -260,7 +260,7 @@ def test_local_and_processes_executors_give_identical_metrics(tmp_path):
     procs = read_report(tmp_path / "procs")
     assert procs["spec"]["executor"] == {
         "name": "processes",
-        "options": {"workers": 2, "threads_per_worker": None},
+        "options": {"workers": 2, "threads_per_worker": None, "start_method": None},
     }
     assert metrics_of(procs) == metrics_of(read_report(tmp_path / "local"))
 

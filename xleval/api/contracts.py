@@ -7,6 +7,7 @@ checker holds a component to its contract when it is annotated with one, and
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -197,10 +198,11 @@ class CellContext(Protocol):
     def fuse(self, slot: str, scores: torch.Tensor) -> torch.Tensor: ...
 
 
-class EvaluationProtocol:
+class EvaluationProtocol(abc.ABC):
     """Base class of a protocol (kind ``protocols``): how one cell of a method trains and
     scores. The registered factory gets the method's ``options`` (checked against the
-    registered schema) and returns an instance.
+    registered schema) and returns an instance; a subclass must define ``run`` (one
+    without it cannot be built: the error names the plugin when the spec is checked).
 
     Class attributes say what the core must know before any cell runs; every one has a
     default, so a protocol sets only what differs.
@@ -237,6 +239,6 @@ class EvaluationProtocol:
         the same one; a cluster executor trains them as tasks of their own)."""
         return []
 
+    @abc.abstractmethod
     def run(self, cell: CellContext) -> Scorer:
         """Train what the cell needs; return a scorer of each language's test split."""
-        raise NotImplementedError(f"{type(self).__name__}.run")

@@ -16,6 +16,7 @@ import jsonschema
 from jsonschema.exceptions import best_match
 from jsonschema.validators import validator_for
 
+from xleval.api.files import canonical_json
 from xleval.api.hookspecs import KIND_HOOKS
 from xleval.errors import (
     DuplicateComponentError,
@@ -260,6 +261,28 @@ class Registry:
         return self.get(kind, name).build(options)
 
 
+#: Schemas (as canonical JSON) that passed ``check_schema`` in this process.
+_VALID_SCHEMAS: set[str] = set()
+
+
+def check_schema(schema: dict[str, Any]) -> None:
+    """Raise ``jsonschema.SchemaError`` unless ``schema`` is a valid JSON Schema.
+
+    Checking against the 2020-12 meta-schema takes ~5 ms a schema (0.17 s for the bundled
+    plugins, in every process that loads them); a schema already found valid in this
+    process, or in the process it was forked from, is not checked again.
+    """
+    try:
+        text = canonical_json(schema)
+    except (TypeError, ValueError):  # not JSON data: let the check say what is wrong
+        text = None
+    if text is not None and text in _VALID_SCHEMAS:
+        return
+    validator_for(schema).check_schema(schema)
+    if text is not None:
+        _VALID_SCHEMAS.add(text)
+
+
 def check_registration(component: Component) -> None:
     """Reject what a plugin passed to ``register`` when it could never work."""
     where = f"{KIND_LABELS[component.kind]} registered by plugin '{component.plugin}'"
@@ -276,7 +299,7 @@ def check_registration(component: Component) -> None:
         if not isinstance(component.schema, dict):
             raise PluginError(f"{where} as '{component.name}': schema must be a dict")
         try:
-            validator_for(component.schema).check_schema(component.schema)
+            check_schema(component.schema)
         except jsonschema.SchemaError as exc:
             raise PluginError(
                 f"{where} as '{component.name}': schema is not a valid JSON Schema: {exc.message}"

@@ -312,6 +312,14 @@ def key_environment(
     }
 
 
+def warm_fingerprints(pm: Any) -> None:
+    """Read every installed component's code once (see :mod:`xleval.run.preload`)."""
+    from xleval.api.hookspecs import KIND_HOOKS
+
+    refs = [(kind, c.name) for kind in KIND_HOOKS for c in pm.registry.components(kind)]
+    key_environment(pm, refs)
+
+
 def spec_environment(
     pm: Any, spec: ExperimentSpec, memo: dict[Any, Any] | None = None
 ) -> dict[str, Any]:
