@@ -54,21 +54,69 @@ def _direction(report: dict[str, Any]) -> str:
 class Figure:
     """A rendered matplotlib figure: its data URI for the page, saved copies for papers."""
 
-    def __init__(self, fig: Any, name: str, caption: str, alt: str, plots_dir: Path | None):
+    def __init__(self, fig: Any, name: str, caption: str, alt: str, plots_dir: Path | None) -> None:
         png = io.BytesIO()
         fig.savefig(png, format="png", dpi=110, bbox_inches="tight")
+        self.name, self.caption, self.alt = name, caption, alt
         self.width, self.height = (int(v) for v in fig.get_size_inches() * 110)
+        self.png = png.getvalue()
+        self.svg: bytes | None = None
         if plots_dir is not None:
             from xleval.api.files import atomic_write_bytes
 
             svg = io.BytesIO()
             fig.savefig(svg, format="svg", bbox_inches="tight")
+            self.svg = svg.getvalue()
             # atomic: a run killed while writing leaves the old file or none, never a part
-            atomic_write_bytes(plots_dir / f"{name}.png", png.getvalue())
-            atomic_write_bytes(plots_dir / f"{name}.svg", svg.getvalue())
-        self.uri = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
-        self.caption = caption
-        self.alt = alt
+            atomic_write_bytes(plots_dir / f"{name}.png", self.png)
+            atomic_write_bytes(plots_dir / f"{name}.svg", self.svg)
+
+    @property
+    def uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+    def to_json(self) -> dict[str, Any]:
+        """What the figure cache keeps: the words and the saved files' hashes."""
+        return {
+            "name": self.name,
+            "caption": self.caption,
+            "alt": self.alt,
+            "width": self.width,
+            "height": self.height,
+            "png": _sha256(self.png),
+            "svg": None if self.svg is None else _sha256(self.svg),
+        }
+
+    @classmethod
+    def from_saved(cls, entry: dict[str, Any], plots_dir: Path) -> Figure | None:
+        """The figure as saved in ``plots_dir`` by an earlier page, if its files are still
+        the ones written then."""
+        try:
+            png = (plots_dir / f"{entry['name']}.png").read_bytes()
+            svg = (plots_dir / f"{entry['name']}.svg").read_bytes()
+        except (OSError, KeyError, TypeError):
+            return None
+        if _sha256(png) != entry.get("png") or _sha256(svg) != entry.get("svg"):
+            return None
+        figure = cls.__new__(cls)
+        figure.name, figure.caption, figure.alt = entry["name"], entry["caption"], entry["alt"]
+        figure.width, figure.height = entry["width"], entry["height"]
+        figure.png, figure.svg = png, svg
+        return figure
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+#: The report parts the figures are drawn from: the figure cache's key covers them (with
+#: the reporter's options, this module's code and matplotlib's version).
+FIGURE_INPUTS = ("spec", "metrics", "aggregates", "summary", "calibration", "statistics")
+#: In the plots folder: the key and figures of the page last written there.
+FIGURE_CACHE = "figures.json"
+FIGURE_GROUPS = ("curves", "gap_figures", "calibration")
 
 
 def _pyplot():
@@ -280,6 +328,58 @@ class HtmlReporter:
         plt.close(fig)
         return [figure]
 
+    def figures(self, report: dict[str, Any], plots_dir: Path | None) -> dict[str, list[Any]]:
+        """The page's figures by group: the ones saved in ``plots_dir`` when nothing they
+        are drawn from changed since (matplotlib is then not even imported: drawing and
+        saving them takes seconds), else drawn and saved anew."""
+        import json
+
+        key = self._figure_key(report)
+        cache = None if plots_dir is None else plots_dir / FIGURE_CACHE
+        if cache is not None and cache.is_file():
+            try:
+                stored = json.loads(cache.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError):
+                stored = None
+            if isinstance(stored, dict) and stored.get("key") == key:
+                found = {
+                    group: [Figure.from_saved(e, plots_dir) for e in stored["figures"][group]]
+                    for group in FIGURE_GROUPS
+                    if isinstance(stored.get("figures", {}).get(group), list)
+                }
+                if len(found) == len(FIGURE_GROUPS) and all(
+                    f is not None for group in found.values() for f in group
+                ):
+                    return found
+        plt = _pyplot()
+        if plots_dir is not None:
+            plots_dir.mkdir(parents=True, exist_ok=True)
+        drawn = {
+            "curves": self._curves(report, plt, plots_dir),
+            "gap_figures": self._gap_figures(report, plt, plots_dir),
+            "calibration": self._calibration(report, plt, plots_dir),
+        }
+        if cache is not None:
+            from xleval.api.files import atomic_write_text
+
+            entries = {g: [f.to_json() for f in figures] for g, figures in drawn.items()}
+            atomic_write_text(cache, json.dumps({"key": key, "figures": entries}) + "\n")
+        return drawn
+
+    def _figure_key(self, report: dict[str, Any]) -> str:
+        from importlib import metadata
+
+        from xleval.api.files import content_key
+
+        return content_key(
+            {
+                "inputs": {name: report.get(name) for name in FIGURE_INPUTS},
+                "options": self.options,
+                "code": _sha256(Path(__file__).read_bytes()),
+                "matplotlib": metadata.version("matplotlib"),
+            }
+        )
+
     # -- page -----------------------------------------------------------------------------
 
     def render(self, report: dict[str, Any], plots_dir: Path | None = None) -> str:
@@ -287,7 +387,7 @@ class HtmlReporter:
 
         import jinja2
 
-        plt = _pyplot()
+        figures = self.figures(report, plots_dir)
         spec = report["spec"]
         metric = spec["main_metric"]
         higher = report["metrics"][metric]["higher_is_better"]
@@ -367,12 +467,12 @@ class HtmlReporter:
             one_seed=len(spec["seeds"]) < 2,
             notes=report.get("statistics", {}).get("notes", []),
             shortfalls=list(shortfalls.values()),
-            curves=self._curves(report, plt, plots_dir),
-            gap_figures=self._gap_figures(report, plt, plots_dir),
+            curves=figures["curves"],
+            gap_figures=figures["gap_figures"],
             comparisons=comparisons,
             comparison_headers=headers,
             alpha=f"{1 - spec.get('statistics', {}).get('confidence', 0.95):.3g}",
-            calibration=self._calibration(report, plt, plots_dir),
+            calibration=figures["calibration"],
             failures=failures,
             created=report["created"],
             xleval_version=report["xleval_version"],

@@ -23,7 +23,6 @@ from xleval_plugins.featurize import (
     np_offsets,
 )
 
-from xleval.errors import OptionsError
 from xleval.train.trainer import RowGradient
 
 
@@ -416,28 +415,6 @@ class BagOfEmbeddingsClassifier(nn.Module):
         return SparseBagSession(self, features)
 
 
-class BagOfEmbeddingsBuilder:
-    """Builds :class:`BagOfEmbeddingsClassifier` models that share one hashing scheme."""
-
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.options = options
-        minn, maxn = options["ngram_range"]
-        if minn > maxn or (minn == 0) != (maxn == 0):
-            raise OptionsError(
-                "bag-of-embeddings: ngram_range must be [min, max] with 1 <= min <= max, "
-                f"or [0, 0]; got {options['ngram_range']}"
-            )
-        self.featurizer = HashedFeaturizer(
-            buckets=options["buckets"],
-            ngram_range=(minn, maxn),
-            word_ngrams=options["word_ngrams"],
-            max_tokens=options["max_tokens"],
-        )
-
-    def build(self, n_classes: int) -> BagOfEmbeddingsClassifier:
-        return BagOfEmbeddingsClassifier(n_classes, self.featurizer, self.options["dim"])
-
-
 class EmbeddingLinearClassifier(nn.Module):
     """The seed's model: ``nn.Embedding`` over a per-training-set vocabulary, mean-pooled
     (the seed forgot to pool), then ``nn.Linear``.
@@ -485,11 +462,3 @@ class EmbeddingLinearClassifier(nn.Module):
         pooled.index_add_(0, doc, vectors)
         pooled = pooled / lengths.clamp_min(1).unsqueeze(1).to(vectors.dtype)
         return self.classifier(pooled)
-
-
-class EmbeddingLinearBuilder:
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.options = options
-
-    def build(self, n_classes: int) -> EmbeddingLinearClassifier:
-        return EmbeddingLinearClassifier(n_classes, self.options)

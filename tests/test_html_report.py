@@ -217,3 +217,35 @@ def test_written_pages_are_readable_by_others(run_dir):
     os.umask(mask)
     for name in ("report.html", "report.json"):
         assert (run_dir / name).stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_figures_are_reused_while_what_they_show_is_unchanged(run_dir, tmp_path, monkeypatch):
+    """A page written again from an unchanged report takes its figures from plots/ without
+    drawing (matplotlib not called), byte for byte the same page; a change to the numbers
+    or to a saved file draws them again."""
+    import xleval_plugins.html_report as html_report
+
+    report = read_report(run_dir)
+    first, _ = render(report, tmp_path)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "plots").iterdir()}
+
+    def no_drawing():
+        raise AssertionError("figures drawn again")
+
+    monkeypatch.setattr(html_report, "_pyplot", no_drawing)
+    second, _ = render(report, tmp_path)
+    assert second == first
+    assert {p.name: p.read_bytes() for p in (tmp_path / "plots").iterdir()} == files
+
+    monkeypatch.undo()
+    drawn = []
+    real = html_report._pyplot
+    monkeypatch.setattr(html_report, "_pyplot", lambda: drawn.append(1) or real())
+    changed = json.loads(json.dumps(report))
+    changed["aggregates"][0]["mean"] = 0.123456
+    render(changed, tmp_path)
+    assert drawn == [1]
+    (tmp_path / "plots" / "calibration.png").write_bytes(b"edited by hand")
+    render(changed, tmp_path)
+    assert drawn == [1, 1]
+    assert (tmp_path / "plots" / "calibration.png").read_bytes().startswith(b"\x89PNG")

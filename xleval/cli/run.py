@@ -231,7 +231,7 @@ def add_run_commands(cli: click.Group) -> None:
                 )
             finally:
                 progress.finish()
-            report = build_report(spec, state.pm, dataset, outcome)
+            report = build_report(spec, state.pm, dataset, outcome, run_dir)
             write_report(report, run_dir / "report.json")
             write_predictions(run_dir, outcome)
             write_run_files(state, report, run_dir)
@@ -316,9 +316,10 @@ def add_run_commands(cli: click.Group) -> None:
     @click.option("--reporter-option", "reporter_options", multiple=True, metavar="KEY=VALUE")
     @click.pass_obj
     def report_command(state, report_path, fmt, view, output, reporter_options):
-        fmt = fmt or summary_reporter(state)
         """Render a report (a report.json or a run directory) with a reporter plugin."""
         from xleval.report.build import read_report
+
+        fmt = fmt or summary_reporter(state)
 
         report = read_report(report_path)
         options = parse_options(reporter_options)

@@ -31,6 +31,7 @@ from xleval.experiment.resources import load_schema
 from xleval.experiment.spec import ExperimentSpec
 from xleval.plugin.manager import XlevalPluginManager
 from xleval.plugin.registry import schema_errors
+from xleval.report.memo import analysis_key, memoised
 from xleval.run.runner import RunOutcome
 from xleval.train.checks import first_non_finite
 
@@ -118,14 +119,24 @@ def build_report(
     pm: XlevalPluginManager,
     dataset: MultilingualDataset,
     outcome: RunOutcome,
+    run_dir: Path | None = None,
 ) -> dict[str, Any]:
+    """The report of ``outcome``. With ``run_dir``, its statistics are reused from there
+    while nothing they are computed from changed (:mod:`xleval.report.memo`), and kept
+    there for the next time."""
     cells = [cell_entry(cell, key, outcome.results.get(key)) for cell, key in outcome.keys.items()]
     metrics = metric_components(pm, spec)
 
     def predictions(key: str, lang: str) -> Mapping[str, Any] | None:
         return (outcome.results.get(key) or {}).get("predictions", {}).get(lang)
 
-    stats = analyse(cells, spec, metrics, predictions, labels=dataset.labels)
+    def compute() -> dict[str, Any]:
+        return analyse(cells, spec, metrics, predictions, labels=dataset.labels)
+
+    if run_dir is None:
+        stats = compute()
+    else:
+        stats = memoised(run_dir, analysis_key(pm, spec, cells, dataset.labels), compute)
     report = {
         "schema_version": SCHEMA_VERSION,
         "xleval_version": __version__,

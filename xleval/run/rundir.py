@@ -24,7 +24,15 @@ from xleval.errors import XlevalError
 MARKER = ".xleval-run"
 LOCK = ".xleval-lock"
 #: What xleval writes in a run directory (anything else there is never touched).
-OUTPUTS = ("cells", "artifacts", "report.json", "report.html", "predictions.jsonl", "plots")
+OUTPUTS = (
+    "cells",
+    "artifacts",
+    "report.json",
+    "report.html",
+    "predictions.jsonl",
+    "plots",
+    "analysis.json",
+)
 
 
 class RunDirectoryError(XlevalError):
