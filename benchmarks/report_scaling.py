@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import subprocess
 import sys
@@ -81,7 +82,9 @@ def synthetic_run(targets: int, seeds: int, examples: int) -> tuple[Any, Any, An
     from xleval.run.runner import RunOutcome, cell_key, key_payload
     from xleval.train.tensors import metric_inputs
 
-    languages = ["en", *(f"t{i:02d}" for i in range(targets))]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    codes = (f"x{a}{b}" for a in letters for b in letters)  # language codes nobody uses
+    languages = ["en", *itertools.islice(codes, targets)]
     pm = get_plugin_manager()
     raw = f"""
 name = "synthetic"

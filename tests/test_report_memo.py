@@ -122,3 +122,26 @@ def test_the_key_covers_each_cells_values_and_not_where_it_ran():
     changed = [{**cells[0], "metrics": {"accuracy": 0.25}}]
     assert memo.analysis_key(pm, spec, changed, ["x", "y"]) != key
     assert memo.analysis_key(pm, spec, cells, ["y", "x"]) != key
+
+
+def test_a_cached_rerun_does_not_import_torch(tmp_path):
+    """Nothing to train, nothing to decode: a rerun whose cells are all cached reads them,
+    reuses the statistics and writes the report without importing torch (1.2 s)."""
+    import subprocess
+    import sys
+
+    spec = write_spec(tmp_path)
+    out = tmp_path / "run"
+    run(spec, "--out", out)
+    script = (
+        "import sys\n"
+        "from xleval.cli.main import main\n"
+        f"sys.argv = ['xleval', 'run', {str(spec)!r}, '--out', {str(out)!r}, '-q']\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert "0 computed" in done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False", done.stdout
