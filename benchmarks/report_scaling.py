@@ -37,20 +37,6 @@ from _common import ROOT, machine, table
 SCRIPT = Path(__file__).resolve()
 CELLS_PER_TARGET_AND_SEED = 14  # the quickstart's: 280 cells = 4 targets x 5 seeds x 14
 LABELS = [f"class-{i}" for i in range(8)]
-METHODS = """
-[[methods]]
-protocol = "target-only"
-[[methods]]
-protocol = "zero-shot"
-[[methods]]
-protocol = "transfer"
-transfer = "weight-copy"
-[[methods]]
-protocol = "fusion"
-fusion = { name = "exp-sum", options = { on = "log_probs" } }
-[[methods]]
-protocol = "joint"
-"""
 #: logit shift of each method's correct class: they differ, as on real data
 SKILL = {"target-only": 1.0, "zero-shot": 0.6, "transfer": 1.2, "fusion": 1.3, "joint": 1.25}
 
@@ -77,7 +63,7 @@ def synthetic_run(targets: int, seeds: int, examples: int) -> tuple[Any, Any, An
     from xleval.api.data import Example, MultilingualDataset
     from xleval.api.predictions import encode_predictions
     from xleval.experiment.grid import expand_grid
-    from xleval.experiment.spec import resolve_spec
+    from xleval.experiment.spec import read_spec_file, resolve_spec
     from xleval.plugin.manager import get_plugin_manager
     from xleval.run.runner import RunOutcome, cell_key, key_payload
     from xleval.train.tensors import metric_inputs
@@ -86,19 +72,14 @@ def synthetic_run(targets: int, seeds: int, examples: int) -> tuple[Any, Any, An
     codes = (f"x{a}{b}" for a in letters for b in letters)  # language codes nobody uses
     languages = ["en", *itertools.islice(codes, targets)]
     pm = get_plugin_manager()
-    raw = f"""
-name = "synthetic"
-dataset = {{ name = "jsonl", options = {{ path = "synthetic.jsonl" }} }}
-source = "en"
-targets = {json.dumps(languages[1:])}
-shots = [0, 8, 32, 128]
-seeds = {list(range(1, seeds + 1))}
-metrics = ["accuracy", "macro_f1", "nll", "ece"]
-main_metric = "accuracy"
-{METHODS}"""
-    import tomllib
-
-    spec = resolve_spec(tomllib.loads(raw), pm.registry)
+    # the quickstart's methods, shots and metrics; more targets and seeds, synthetic data
+    raw = read_spec_file(ROOT / "specs" / "examples" / "quickstart.toml")
+    raw.update(
+        dataset={"name": "jsonl", "options": {"path": "synthetic.jsonl"}},
+        targets=languages[1:],
+        seeds=list(range(1, seeds + 1)),
+    )
+    spec = resolve_spec(raw, pm.registry)
     rows = [
         Example(f"{lang}-{i}", f"{lang}-{i}", lang, LABELS[i % len(LABELS)], "text", "test")
         for lang in languages

@@ -332,25 +332,15 @@ class HtmlReporter:
         """The page's figures by group: the ones saved in ``plots_dir`` when nothing they
         are drawn from changed since (matplotlib is then not even imported: drawing and
         saving them takes seconds), else drawn and saved anew."""
-        import json
+        from xleval.api.files import read_keyed, write_keyed
 
         key = self._figure_key(report)
         cache = None if plots_dir is None else plots_dir / FIGURE_CACHE
-        if cache is not None and cache.is_file():
-            try:
-                stored = json.loads(cache.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, ValueError):
-                stored = None
-            if isinstance(stored, dict) and stored.get("key") == key:
-                found = {
-                    group: [Figure.from_saved(e, plots_dir) for e in stored["figures"][group]]
-                    for group in FIGURE_GROUPS
-                    if isinstance(stored.get("figures", {}).get(group), list)
-                }
-                if len(found) == len(FIGURE_GROUPS) and all(
-                    f is not None for group in found.values() for f in group
-                ):
-                    return found
+        stored = None if cache is None else read_keyed(cache, key)
+        if isinstance(stored, dict) and all(isinstance(stored.get(g), list) for g in FIGURE_GROUPS):
+            found = {g: [Figure.from_saved(e, plots_dir) for e in stored[g]] for g in FIGURE_GROUPS}
+            if all(f is not None for group in found.values() for f in group):
+                return found
         plt = _pyplot()
         if plots_dir is not None:
             plots_dir.mkdir(parents=True, exist_ok=True)
@@ -360,10 +350,7 @@ class HtmlReporter:
             "calibration": self._calibration(report, plt, plots_dir),
         }
         if cache is not None:
-            from xleval.api.files import atomic_write_text
-
-            entries = {g: [f.to_json() for f in figures] for g, figures in drawn.items()}
-            atomic_write_text(cache, json.dumps({"key": key, "figures": entries}) + "\n")
+            write_keyed(cache, key, {g: [f.to_json() for f in fs] for g, fs in drawn.items()})
         return drawn
 
     def _figure_key(self, report: dict[str, Any]) -> str:

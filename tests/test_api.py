@@ -70,3 +70,16 @@ def test_a_protocol_without_run_cannot_be_built_and_the_error_names_its_plugin()
     expected = r"protocol 'no-run' of plugin 'Plugin'.*abstract method run"
     with pytest.raises(PluginCodeError, match=expected):
         pm.registry.build("protocols", "no-run", {})
+
+
+def test_keyed_files_return_their_value_only_under_their_key(tmp_path):
+    from xleval.api.files import read_keyed, write_keyed
+
+    path = tmp_path / "memo.json"
+    assert read_keyed(path, "k") is None  # missing
+    assert write_keyed(path, "k", {"a": [1, 2.5]})
+    assert read_keyed(path, "k") == {"a": [1, 2.5]} and read_keyed(path, "other") is None
+    assert not write_keyed(path, "k2", {"a": float("nan")})  # not JSON: nothing written
+    assert read_keyed(path, "k") == {"a": [1, 2.5]}
+    path.write_text("{truncated", encoding="utf-8")
+    assert read_keyed(path, "k") is None

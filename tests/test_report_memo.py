@@ -73,7 +73,7 @@ def test_the_same_statistics_computed_or_reused_are_the_same_bytes(tmp_path):
         build.write_report(report, tmp_path / "report.json")
         texts.append((tmp_path / "report.json").read_bytes())
     assert texts[0] == texts[1] == texts[2]
-    assert json.loads((tmp_path / "run" / memo.MEMO_FILE).read_text())["stats"]["comparisons"]
+    assert json.loads((tmp_path / "run" / memo.MEMO_FILE).read_text())["value"]["comparisons"]
 
 
 @pytest.mark.parametrize(
@@ -95,12 +95,12 @@ def test_the_statistics_are_computed_again_when_anything_they_depend_on_changed(
     elif change == "damaged memo":
         (out / memo.MEMO_FILE).write_text('{"key": "', encoding="utf-8")
     else:
-        (out / memo.MEMO_FILE).write_text('{"key": "x", "stats": {}}', encoding="utf-8")
+        (out / memo.MEMO_FILE).write_text('{"key": "x", "value": {}}', encoding="utf-8")
     run(spec, "--out", out)
     assert counted == [1, 1]
     stored = json.loads((out / memo.MEMO_FILE).read_text())
     report = json.loads((out / "report.json").read_text())
-    assert stored["stats"]["comparisons"] == report["comparisons"]
+    assert stored["value"]["comparisons"] == report["comparisons"]
 
 
 def test_the_key_covers_each_cells_values_and_not_where_it_ran():

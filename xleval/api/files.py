@@ -46,3 +46,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_keyed(path: Path, key: str) -> Any | None:
+    """The value stored by :func:`write_keyed` in ``path`` under ``key``; None when the file
+    is missing, unreadable or holds another key (a cache entry that no longer applies)."""
+    try:
+        stored = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if isinstance(stored, dict) and stored.get("key") == key:
+        return stored.get("value")
+    return None
+
+
+def write_keyed(path: Path, key: str, value: Any) -> bool:
+    """Store JSON ``value`` under ``key`` in ``path`` (atomically, replacing what was there);
+    False, and nothing written, if ``value`` is not strict JSON."""
+    try:
+        text = json.dumps({"key": key, "value": value}, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    atomic_write_text(Path(path), text + "\n")
+    return True

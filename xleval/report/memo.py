@@ -18,13 +18,12 @@ A memo under another key is ignored and replaced; an unreadable one is computed 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from xleval import __version__
-from xleval.api.files import atomic_write_text, content_key
+from xleval.api.files import content_key, read_keyed, write_keyed
 from xleval.experiment.spec import ExperimentSpec
 
 MEMO_FILE = "analysis.json"
@@ -67,20 +66,10 @@ def memoised(
     """``compute()``, or the statistics stored under ``key`` in ``run_dir``; stores what it
     computes (None: no run directory, always computed)."""
     path = None if run_dir is None else Path(run_dir) / MEMO_FILE
-    if path is not None and path.is_file():
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
-            stored = None
-        if isinstance(stored, dict) and stored.get("key") == key:
-            stats = stored.get("stats")
-            if isinstance(stats, dict):
-                return stats
+    stats = None if path is None else read_keyed(path, key)
+    if isinstance(stats, dict):
+        return stats
     stats = compute()
     if path is not None and path.parent.is_dir():
-        try:
-            text = json.dumps({"key": key, "stats": stats}, ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError):  # not JSON (a non-finite number): not kept
-            return stats
-        atomic_write_text(path, text)
+        write_keyed(path, key, stats)  # not kept if not JSON (a non-finite number)
     return stats
