@@ -151,10 +151,21 @@ def cancelled(exc: BaseException) -> bool:
     return type(exc).__name__ in ("FutureCancelledError", "CancelledError")
 
 
+#: seconds a comm error waits for the client to notice that its scheduler is gone
+NOTICE_WAIT = 5.0
+
+
 def scheduler_lost(client: Any, exc: BaseException) -> bool:
-    """Whether a cancellation means the driver lost its scheduler ("scheduler-connection-
-    lost")."""
-    return cancelled(exc) and ("connection-lost" in str(exc) or client.status != "running")
+    """Whether a task's error means the driver lost its scheduler: dask cancels every
+    future ("scheduler-connection-lost"), or a finished task's result could no longer be
+    fetched (a comm error) because the client is no longer connected."""
+    if cancelled(exc) and "connection-lost" in str(exc):
+        return True
+    if isinstance(exc, OSError):  # dask's CommClosedError is one: the client may not have
+        deadline = time.monotonic() + NOTICE_WAIT  # noticed the lost connection yet
+        while client.status == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return client.status != "running"
 
 
 class Watchdog(threading.Thread):
@@ -431,7 +442,9 @@ class DaskExecutor:
                 try:
                     yield future.result()
                 except Exception as exc:  # e.g. KilledWorker after repeated worker deaths
-                    if cancelled(exc):  # nothing more can run: stop, keep what finished
+                    if cancelled(exc) or scheduler_lost(client, exc):
+                        # nothing more can run: stop, keep what finished (a cell whose
+                        # result was lost with the scheduler is not blamed: it is not run)
                         raise ExecutorStopped(
                             self._why_cancelled(client, exc, watchdog, where)
                             + "; the cells finished so far are kept: run the same command "

@@ -667,3 +667,21 @@ protocol = "transfer"
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: no admitted dask worker for 3 s"), stderr
     assert read_report(out)["run"]["cells_not_run"] > 0
+
+
+def test_a_result_lost_with_the_scheduler_is_not_blamed_on_its_cell(monkeypatch):
+    """A finished cell whose result cannot be fetched because the scheduler just went (a
+    comm error before the client notices) stops the run like the cancellations do; a comm
+    error while the client stays connected is the cell's failure, as before."""
+    import threading
+    from types import SimpleNamespace
+
+    import xleval_plugins.dask_executor as dask_executor
+    from distributed.comm.core import CommClosedError
+
+    client = SimpleNamespace(status="running")
+    threading.Timer(0.2, lambda: setattr(client, "status", "connecting")).start()
+    assert dask_executor.scheduler_lost(client, CommClosedError("in: TCP closed"))
+    monkeypatch.setattr(dask_executor, "NOTICE_WAIT", 0.2)
+    assert not dask_executor.scheduler_lost(SimpleNamespace(status="running"), CommClosedError("x"))
+    assert not dask_executor.scheduler_lost(SimpleNamespace(status="running"), KeyError("x"))
