@@ -610,3 +610,37 @@ def test_infinite_values_make_comparisons_not_testable_without_crashing(pm):
     assert entry["status"] == "not-testable" and "not finite" in entry["reason"]
     assert out["summary"]["joint"]["by_shots"]["8"]["transfer_gap"] is None
     json.dumps(out, allow_nan=False)
+
+
+def test_a_wrong_form_is_refused_in_every_cell_not_only_the_first_checked(pm):
+    """The resample check runs on the first cells of each metric and language until
+    RESAMPLE_CHECKS of them pass: a form wrong everywhere never passes, so every cell's
+    values come from calling the metric, as a metric without a form."""
+    from test_stats import RightOnlyOnTheWhole
+
+    from xleval.analysis.analyse import RESAMPLE_CHECKS
+
+    spec = resolve_spec(
+        make_spec(pm, ["target-only", "transfer"], targets=("de",)).to_json()
+        | {"metrics": ["accuracy", "brier"], "main_metric": "accuracy"},
+        pm.registry,
+    )
+    grid = Grid(n=40, seed=3)
+    seeds = range(1, RESAMPLE_CHECKS + 3)
+    for seed in seeds:
+        grid.add("target-only", "de", 8, seed, 0.5)
+        grid.add("transfer", "de", 8, seed, 0.8)
+    wrong, slow = RightOnlyOnTheWhole(), SlowMetric()
+    slow.compute = wrong.compute  # the same metric, offered without a form
+    for c in grid.cells:
+        c["metrics"]["brier"] = wrong.compute(*decode(grid, c))
+    by_form = analyse(
+        grid.cells, spec, {"accuracy": accuracy(pm), "brier": wrong}, grid.predictions
+    )
+    by_calls = analyse(
+        grid.cells, spec, {"accuracy": accuracy(pm), "brier": slow}, grid.predictions
+    )
+    assert any("no vectorised form" in note for note in by_form["statistics"]["notes"])
+    assert [a for a in by_form["aggregates"] if a["metric"] == "brier"] == [
+        a for a in by_calls["aggregates"] if a["metric"] == "brier"
+    ]

@@ -461,3 +461,24 @@ def test_vectorised_forms_are_trusted_only_when_they_reproduce_compute():
     form = metric_form("p_true", PerExample(), y, probs)
     assert form is not None and not form.binary
     assert form.value() == pytest.approx(PerExample().compute(y, probs))
+
+
+class RightOnlyOnTheWhole:
+    """A per-example form whose mean is the metric on the full test set but not on any
+    other sample: every example gets the whole set's value."""
+
+    higher_is_better = True
+
+    def per_example(self, y_true, probs):
+        return np.full(len(y_true), self.compute(y_true, probs))
+
+    def compute(self, y_true, probs):
+        return float(probs[torch.arange(len(y_true)), y_true].double().mean())
+
+
+def test_a_form_right_only_on_the_whole_set_is_caught_by_the_resample_check():
+    y, probs = predictions(2)
+    metric = RightOnlyOnTheWhole()
+    assert metric_form("p_true", metric, y, probs) is None
+    # without the resample check it would pass: the check is what catches it
+    assert metric_form("p_true", metric, y, probs, resample=False) is not None

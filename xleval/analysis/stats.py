@@ -680,15 +680,20 @@ def _close(a: float, b: float) -> bool:
 
 
 def metric_form(
-    name: str, metric: Any, y_true: Any, probs: Any, expected: float | None = None
+    name: str,
+    metric: Any,
+    y_true: Any,
+    probs: Any,
+    expected: float | None = None,
+    resample: bool = True,
 ) -> MetricForm | None:
     """The vectorised form of ``metric`` on these predictions, or None if it has none.
 
     A metric object may offer ``form(y_true, probs) -> MetricForm`` (numpy arrays) or
     ``per_example(y_true, probs) -> [n]`` (its value being their mean).
     Either is trusted only if it reproduces ``metric.compute`` on the full data (or
-    ``expected``, the value the run already computed) and on one resample of the examples
-    (drawn with replacement, so repeated examples are checked too).
+    ``expected``, the value the run already computed) and, with ``resample``, on one
+    resample of the examples (drawn with replacement, so repeated examples are checked too).
     """
     y = np.asarray(y_true, dtype=np.int64)
     p = np.asarray(probs, dtype=np.float64)
@@ -708,6 +713,8 @@ def metric_form(
     full = float(metric.compute(y_true, probs)) if expected is None else float(expected)
     if not _close(candidate.value(), full):
         return None
+    if not resample:
+        return candidate
     idx = np.random.Generator(np.random.SFC64(0)).integers(0, n, size=n)
     sums = candidate.features[idx].sum(axis=0)
     resampled = float(candidate.finish(sums[None, :], n)[0])
