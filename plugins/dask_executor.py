@@ -405,8 +405,7 @@ class DaskExecutor:
             artifacts: dict[str, Any] = {}
             for cell in cells:
                 needs = []
-                jobs = getattr(fn, "artifact_jobs", lambda c: [])(cell) if self.address else []
-                for job in jobs:
+                for job in getattr(fn, "artifact_jobs", lambda c: [])(cell):
                     if job.key not in artifacts:
                         artifacts[job.key] = client.submit(
                             job,

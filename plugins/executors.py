@@ -6,6 +6,7 @@ arrives, so an executor yields results as they complete, in any order.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -43,8 +44,6 @@ def _check_worker(fn: Any) -> None:
 def start_method(requested: str | None) -> str:
     """``requested``, else ``fork`` where the platform has it (Python 3.14 makes
     ``forkserver`` the default on Linux), else the platform's default."""
-    import multiprocessing
-
     if requested is not None:
         return requested
     if "fork" in multiprocessing.get_all_start_methods():
@@ -69,8 +68,6 @@ class ProcessExecutor:
     """
 
     def __init__(self, options: dict[str, Any]) -> None:
-        import multiprocessing
-
         cores = available_cores()
         self.workers = options.get("workers") or cores
         fair_share = max(1, cores // self.workers)
@@ -124,8 +121,6 @@ class ProcessExecutor:
         the run began): every worker would refuse every cell. (Each worker checks itself
         again before its first cell, so none computes a cell under a key it does not
         match.)"""
-        import multiprocessing
-
         pool = ProcessPoolExecutor(
             max_workers=1, mp_context=multiprocessing.get_context(self.start_method)
         )
@@ -147,8 +142,6 @@ class ProcessExecutor:
         indices of the cells lost when a worker died (the pool is then broken)."""
         # Keep at most 2 tasks per worker in flight, so an interrupted run wastes little and
         # results stream back in roughly submission order (shared artifacts first).
-        import multiprocessing
-
         pool = ProcessPoolExecutor(
             max_workers=min(workers, len(queue)),
             mp_context=multiprocessing.get_context(self.start_method),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,25 +52,36 @@ def _direction(report: dict[str, Any]) -> str:
     )
 
 
+@dataclass
 class Figure:
-    """A rendered matplotlib figure: its data URI for the page, saved copies for papers."""
+    """A figure of the page: its words, its PNG (embedded in the page) and the SVG saved
+    next to the PNG in the plots folder, for papers."""
 
-    def __init__(self, fig: Any, name: str, caption: str, alt: str, plots_dir: Path | None) -> None:
+    name: str
+    caption: str
+    alt: str
+    width: int
+    height: int
+    png: bytes
+    svg: bytes | None = None
+
+    @classmethod
+    def draw(cls, fig: Any, name: str, caption: str, alt: str, plots_dir: Path | None) -> Figure:
+        """Render a matplotlib figure; with ``plots_dir``, save it there as PNG and SVG."""
         png = io.BytesIO()
         fig.savefig(png, format="png", dpi=110, bbox_inches="tight")
-        self.name, self.caption, self.alt = name, caption, alt
-        self.width, self.height = (int(v) for v in fig.get_size_inches() * 110)
-        self.png = png.getvalue()
-        self.svg: bytes | None = None
+        width, height = (int(v) for v in fig.get_size_inches() * 110)
+        figure = cls(name, caption, alt, width, height, png.getvalue())
         if plots_dir is not None:
             from xleval.api.files import atomic_write_bytes
 
             svg = io.BytesIO()
             fig.savefig(svg, format="svg", bbox_inches="tight")
-            self.svg = svg.getvalue()
+            figure.svg = svg.getvalue()
             # atomic: a run killed while writing leaves the old file or none, never a part
-            atomic_write_bytes(plots_dir / f"{name}.png", self.png)
-            atomic_write_bytes(plots_dir / f"{name}.svg", self.svg)
+            atomic_write_bytes(plots_dir / f"{name}.png", figure.png)
+            atomic_write_bytes(plots_dir / f"{name}.svg", figure.svg)
+        return figure
 
     @property
     def uri(self) -> str:
@@ -98,11 +110,8 @@ class Figure:
             return None
         if _sha256(png) != entry.get("png") or _sha256(svg) != entry.get("svg"):
             return None
-        figure = cls.__new__(cls)
-        figure.name, figure.caption, figure.alt = entry["name"], entry["caption"], entry["alt"]
-        figure.width, figure.height = entry["width"], entry["height"]
-        figure.png, figure.svg = png, svg
-        return figure
+        words = (entry["name"], entry["caption"], entry["alt"], entry["width"], entry["height"])
+        return cls(*words, png, svg)
 
 
 def _sha256(data: bytes) -> str:
@@ -219,7 +228,9 @@ class HtmlReporter:
             "(left of k where a class had fewer than k training rows); dotted verticals: "
             "break-even k where a method stops beating target-only."
         )
-        figure = Figure(fig, "learning_curves", caption, f"Learning curves of {metric}", plots_dir)
+        figure = Figure.draw(
+            fig, "learning_curves", caption, f"Learning curves of {metric}", plots_dir
+        )
         plt.close(fig)
         return [figure]
 
@@ -291,7 +302,9 @@ class HtmlReporter:
             f"test split than on the source's ({how}), per method and target at k={chosen}; "
             "lower is better. Methods that do not learn from the source have none."
         )
-        figure = Figure(fig, "transfer_gap", caption, "Transfer gap heatmap and bars", plots_dir)
+        figure = Figure.draw(
+            fig, "transfer_gap", caption, "Transfer gap heatmap and bars", plots_dir
+        )
         plt.close(fig)
         return [figure]
 
@@ -324,7 +337,7 @@ class HtmlReporter:
             "the target test splits (targets, shots and seeds pooled): fusion changes "
             "how confident predictions are, not only whether they are right."
         )
-        figure = Figure(fig, "calibration", caption, "Reliability diagram", plots_dir)
+        figure = Figure.draw(fig, "calibration", caption, "Reliability diagram", plots_dir)
         plt.close(fig)
         return [figure]
 

@@ -60,16 +60,14 @@ def analysis_key(
     )
 
 
-def memoised(
-    run_dir: Path | None, key: str, compute: Callable[[], dict[str, Any]]
-) -> dict[str, Any]:
+def memoised(run_dir: Path, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """``compute()``, or the statistics stored under ``key`` in ``run_dir``; stores what it
-    computes (None: no run directory, always computed)."""
-    path = None if run_dir is None else Path(run_dir) / MEMO_FILE
-    stats = None if path is None else read_keyed(path, key)
+    computes."""
+    path = Path(run_dir) / MEMO_FILE
+    stats = read_keyed(path, key)
     if isinstance(stats, dict):
         return stats
     stats = compute()
-    if path is not None and path.parent.is_dir():
+    if path.parent.is_dir():
         write_keyed(path, key, stats)  # not kept if not JSON (a non-finite number)
     return stats

@@ -204,7 +204,10 @@ class CellTask:
 
     def artifact_jobs(self, cell: Cell) -> list[SourceModelJob]:
         """The source models ``cell`` will ask for (its protocol's ``source_models``): one
-        task each, shared by every cell."""
+        task each, shared by every cell; none while the task shares them through the run
+        directory (workers on this machine: the first cell that needs one trains it)."""
+        if self.share_via_disk:
+            return []
         method = self.spec.method(cell.method)
         return [
             SourceModelJob(self, cell.method, cell.sources, list(ts), cell.seed)
