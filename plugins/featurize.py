@@ -8,6 +8,7 @@ in a small in-process LRU keyed by (texts fingerprint, featurizer key).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
 import warnings
@@ -19,6 +20,28 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
+try:  # the hot loops in C (plugins/_featurize.c); optional: built where a compiler is
+    from . import _featurize as _compiled
+except ImportError:  # pragma: no cover - exercised by installs without the extension
+    _compiled = None
+
+
+def compiled_featurizer() -> Any:
+    """The compiled featurizer module, or None where it is not built or is switched off
+    (``XLEVAL_FEATURIZE_KERNEL=0`` forces the numpy path; both give identical ids)."""
+    if _compiled is None or os.environ.get("XLEVAL_FEATURIZE_KERNEL", "1") == "0":
+        return None
+    return _compiled
+
+
+def _u64(buffer: Any) -> np.ndarray:
+    return np.frombuffer(buffer, dtype=np.uint64)
+
+
+def _i64(buffer: Any) -> np.ndarray:
+    return np.frombuffer(buffer, dtype=np.int64)
+
 
 #: Lower-cased Unicode word characters: punctuation separates tokens and is dropped.
 TOKEN_PATTERN = re.compile(r"\w+")
@@ -125,6 +148,12 @@ def tokenize_many(texts: Sequence[str], max_tokens: int | None = None) -> Tokens
     lowered = [t.lower() for t in texts]
     lengths = np.fromiter(map(len, lowered), dtype=np.int64, count=len(lowered))
     text = "\x00".join(lowered)
+    compiled = compiled_featurizer()
+    if compiled is not None:
+        starts, ends, per_doc, h1, h2 = compiled.scan(
+            text, lengths, -1 if max_tokens is None else max_tokens
+        )
+        return Tokens(text, _i64(starts), _i64(ends), _i64(per_doc), _u64(h1), _u64(h2))
     codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     edges = np.diff(word_chars(codes).view(np.int8), prepend=np.int8(0), append=np.int8(0))
     starts = np.flatnonzero(edges == 1)
@@ -327,6 +356,10 @@ class SubwordTable:
     def find(self, h1: np.ndarray, h2: np.ndarray) -> np.ndarray:
         """Word index of each (h1, h2) key (see :func:`code_hashes`), -1 if unknown."""
         key1, key2, value, bits = self._key1, self._key2, self._value, self._bits
+        compiled = compiled_featurizer()
+        if compiled is not None:
+            h1, h2 = np.ascontiguousarray(h1), np.ascontiguousarray(h2)
+            return _i64(compiled.find(key1, key2, value, bits, h1, h2))
         out = np.full(len(h1), -1, dtype=np.int64)
         pending = np.arange(len(h1))
         slot = _home_slot(h1, bits)
@@ -373,6 +406,34 @@ class SubwordTable:
         words = [w for w in words if w not in self.index]  # by string: the dict decides
         if not words:
             return
+        compiled = compiled_featurizer()
+        if compiled is not None:
+            out = compiled.subwords(words, self.minn, self.maxn, self.buckets)
+            ids, lengths = _i64(out[0]), _i64(out[1])
+            word_hashes = np.frombuffer(out[2], dtype=np.uint32)
+            keys = (_u64(out[3]), _u64(out[4]))
+        else:
+            ids, lengths, word_hashes = self._subwords(words)
+            keys = code_hashes_of(words)
+        total = int(lengths.sum())
+        firsts = np_offsets(lengths)[:-1]
+        n_old = len(self.index)
+        self._flat = _ensure(self._flat, self._size + total)
+        self._flat[self._size : self._size + total] = ids
+        for name in ("_start", "_length", "_hash"):
+            setattr(self, name, _ensure(getattr(self, name), n_old + len(words)))
+        self._start[n_old : n_old + len(words)] = firsts + self._size
+        self._length[n_old : n_old + len(words)] = lengths
+        self._hash[n_old : n_old + len(words)] = word_hashes
+        self._size += total
+        # Publish the words last: a reader that finds a word finds its ids too.
+        new_index = np.arange(n_old, n_old + len(words), dtype=np.int64)
+        self._insert(*keys, new_index)
+        self.index.update(zip(words, new_index.tolist(), strict=True))
+
+    def _subwords(self, words: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, ids per word, fastText's word hashes) of new words, in numpy: each word's
+        own id then its char n-gram ids (the reference for ``_featurize.subwords``)."""
         marked = MarkedWords.of(words)
         if self.maxn >= self.minn > 0:
             buffer, starts, lengths, counts = char_ngram_ranges(marked, self.minn, self.maxn)
@@ -386,27 +447,12 @@ class SubwordTable:
         buckets = np.uint32(self.buckets)
         # Each word's slot: its own id, then its n-gram ids.
         lengths = counts + 1
-        total = int(lengths.sum())
-        firsts = np.zeros(len(words), dtype=np.int64)
-        np.cumsum(lengths[:-1], out=firsts[1:])
-        ids = np.empty(total, dtype=np.int64)
+        firsts = np_offsets(lengths)[:-1]
+        ids = np.empty(int(lengths.sum()), dtype=np.int64)
         ids[firsts] = word_ids % buckets
         ngram_pos = np.repeat(firsts + 1 - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
         ids[ngram_pos + np.arange(len(ngram_ids))] = ngram_ids % buckets
-
-        n_old = len(self.index)
-        self._flat = _ensure(self._flat, self._size + total)
-        self._flat[self._size : self._size + total] = ids
-        for name in ("_start", "_length", "_hash"):
-            setattr(self, name, _ensure(getattr(self, name), n_old + len(words)))
-        self._start[n_old : n_old + len(words)] = firsts + self._size
-        self._length[n_old : n_old + len(words)] = lengths
-        self._hash[n_old : n_old + len(words)] = word_hashes
-        self._size += total
-        # Publish the words last: a reader that finds a word finds its ids too.
-        new_index = np.arange(n_old, n_old + len(words), dtype=np.int64)
-        self._insert(*code_hashes_of(words), new_index)
-        self.index.update(zip(words, new_index.tolist(), strict=True))
+        return ids, lengths, word_hashes
 
     def gather(self, word_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Concatenated feature ids of ``word_idx`` (int64) and the number of ids per word."""
@@ -440,6 +486,11 @@ def _place(
 ) -> None:
     """Insert distinct new keys by linear probing, vectorised: each round, every key whose
     slot is free and which comes first among the keys aiming at it takes it."""
+    compiled = compiled_featurizer()
+    if compiled is not None:
+        as_array = np.ascontiguousarray
+        compiled.place(key1, key2, value, bits, as_array(h1), as_array(h2), as_array(values))
+        return
     mask = (1 << bits) - 1
     pending = np.arange(len(h1))
     slot = _home_slot(h1, bits)

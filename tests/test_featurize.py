@@ -1,13 +1,20 @@
 """The vectorised featurizer gives exactly the ids of the straightforward one: bulk n-gram
-hashing, word-factorised bags, their select/concat, and the on-disk round trip."""
+hashing, word-factorised bags, their select/concat, and the on-disk round trip. Every test
+runs on both paths (the compiled ``plugins/_featurize.c`` and numpy), and the two are held
+equal array for array."""
 
 from __future__ import annotations
 
 import random
+import re
+import sys
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from xleval_plugins import featurize as featurize_module
 from xleval_plugins.featurize import (
     HashedFeaturizer,
     SubwordTable,
@@ -17,7 +24,22 @@ from xleval_plugins.featurize import (
     tokenize,
     tokenize_many,
     unique_inverse,
+    word_chars,
 )
+
+COMPILED = featurize_module._compiled
+needs_compiled = pytest.mark.skipif(COMPILED is None, reason="plugins/_featurize.c not built")
+
+
+@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+def featurizer_path(request, monkeypatch):
+    """Run each test on the compiled path and on the numpy path."""
+    if request.param == "compiled" and COMPILED is None:
+        pytest.skip("plugins/_featurize.c not built")
+    monkeypatch.setenv("XLEVAL_FEATURIZE_KERNEL", "1" if request.param == "compiled" else "0")
+    assert (featurize_module.compiled_featurizer() is not None) == (request.param == "compiled")
+    return request.param
+
 
 ALPHABET = "abcdeéüß日本語ключ𝔘_19"
 TEXTS = [
@@ -148,3 +170,80 @@ def test_word_table_by_hash_and_by_string_agree():
     many = [f"w{i}" for i in range(5000)]
     grown.lookup(many)
     assert grown.lookup_tokens(tokenize_many([" ".join(many)])).tolist() == list(range(5000))
+
+
+def _tokens_on(path: str, monkeypatch, texts, max_tokens=None):
+    monkeypatch.setenv("XLEVAL_FEATURIZE_KERNEL", "1" if path == "compiled" else "0")
+    return tokenize_many(texts, max_tokens)
+
+
+def _assert_same_tokens(monkeypatch, texts, max_tokens=None):
+    fast = _tokens_on("compiled", monkeypatch, texts, max_tokens)
+    slow = _tokens_on("numpy", monkeypatch, texts, max_tokens)
+    assert fast.text == slow.text
+    for field in ("starts", "ends", "per_doc", "h1", "h2"):
+        a, b = getattr(fast, field), getattr(slow, field)
+        assert a.dtype == b.dtype and a.tolist() == b.tolist(), field
+
+
+def _table_on(path: str, monkeypatch, minn: int, maxn: int, words):
+    monkeypatch.setenv("XLEVAL_FEATURIZE_KERNEL", "1" if path == "compiled" else "0")
+    table = SubwordTable(1_000_003, minn, maxn)
+    index = table.lookup(words)
+    ids, lengths = table.gather(index)
+    return index.tolist(), ids.tolist(), lengths.tolist(), table.word_hashes(index).tolist()
+
+
+@needs_compiled
+def test_the_compiled_word_characters_are_re_word_characters_for_every_code_point():
+    codes = np.arange(sys.maxunicode + 1, dtype=np.uint32)
+    by_regex = word_chars(codes)  # filled from re's \w itself
+    # Every code point as a one-character document: a token exactly where it is \w.
+    text = "\x00".join(chr(c) for c in range(sys.maxunicode + 1))
+    lengths = np.ones(sys.maxunicode + 1, dtype=np.int64)
+    per_doc = np.frombuffer(COMPILED.scan(text, lengths, -1)[2], dtype=np.int64)
+    assert np.array_equal(per_doc.astype(bool), by_regex)
+    sample = range(0, sys.maxunicode + 1, 251)  # and the table is re's own, on a sample
+    assert [bool(by_regex[c]) for c in sample] == [bool(re.match(r"\w", chr(c))) for c in sample]
+
+
+@needs_compiled
+@pytest.mark.parametrize("max_tokens", [None, 0, 1, 3])
+def test_compiled_tokens_equal_the_numpy_tokens(monkeypatch, max_tokens):
+    texts = [*TEXTS, "ΟΔΟΣ Σ", "İstanbul ǅemal ﬃ", "a\x00b c\x00", "x_y ½ ٣ 🙂 é", "\ud800x y"]
+    _assert_same_tokens(monkeypatch, texts, max_tokens)
+    _assert_same_tokens(monkeypatch, [], max_tokens)
+
+
+@needs_compiled
+@pytest.mark.parametrize("minn, maxn", [(3, 5), (1, 2), (1, 1), (2, 6), (4, 4), (0, 0), (5, 3)])
+def test_compiled_subwords_equal_the_numpy_subwords(monkeypatch, minn, maxn):
+    words = [t for text in TEXTS for t in tokenize(text)] + ["\ud800", "x\udfffy", "𝔘"]
+    words = list(dict.fromkeys(words))
+    fast = _table_on("compiled", monkeypatch, minn, maxn, words)
+    slow = _table_on("numpy", monkeypatch, minn, maxn, words)
+    assert fast == slow
+
+
+@needs_compiled
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    texts=st.lists(st.text(max_size=40), max_size=8),
+    max_tokens=st.one_of(st.none(), st.integers(0, 5)),
+    grams=st.sampled_from([(3, 5), (1, 3), (2, 2), (0, 0)]),
+)
+def test_compiled_and_numpy_featurizers_agree_on_any_text(texts, max_tokens, grams):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _assert_same_tokens(monkeypatch, texts, max_tokens)
+        words = list(dict.fromkeys(t for text in texts for t in tokenize(text)))
+        fast = _table_on("compiled", monkeypatch, *grams, words)
+        slow = _table_on("numpy", monkeypatch, *grams, words)
+        assert fast == slow
+        for path in ("compiled", "numpy"):
+            monkeypatch.setenv("XLEVAL_FEATURIZE_KERNEL", "1" if path == "compiled" else "0")
+            bags = HashedFeaturizer(buckets=9973, ngram_range=grams, cache=None,
+                                    max_tokens=max_tokens)(texts)  # fmt: skip
+            for i, text in enumerate(texts):
+                assert bag(bags, i) == reference_ids(text, 9973, *grams, max_tokens), path

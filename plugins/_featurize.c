@@ -1,0 +1,424 @@
+/* The hashed featurizer's hot loops in C (plugins/featurize.py holds the reference path).
+ *
+ * Prediction from raw text spends its time tokenising and hashing: finding word runs,
+ * hashing each token's code points to find its word, and hashing the char n-grams of words
+ * never seen before. Each function here computes exactly what its numpy counterpart in
+ * featurize.py computes (tests/test_featurize.py holds them equal, id for id), one pass
+ * per text instead of one numpy pass per character position.
+ *
+ * Arrays come and go as bytearrays (numpy views them with frombuffer), so the build needs
+ * no numpy headers.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define FNV32_OFFSET 2166136261u
+#define FNV32_PRIME 16777619u
+#define H1_OFFSET 14695981039346656037ull
+#define H1_PRIME 1099511628211ull
+#define H2_OFFSET 0x9E3779B97F4A7C15ull
+#define H2_PRIME 0xFF51AFD7ED558CCDull
+#define GOLDEN 0x9E3779B97F4A7C15ull
+
+/* ``re``'s \w for str patterns (_sre's SRE_UNI_IS_WORD is exactly this test), looked up in a
+ * table filled 256 code points at a time as blocks are first met (the test itself costs four
+ * Unicode database lookups). Blocks are filled with the GIL held; readers without it only
+ * read blocks filled before. */
+static uint8_t word_table[0x110000];
+static uint8_t block_filled[0x110000 >> 8];
+
+static void fill_block(Py_UCS4 block) {
+    for (Py_UCS4 c = block << 8; c < ((block + 1) << 8); c++)
+        word_table[c] = c == '_' || Py_UNICODE_ISALNUM(c);
+    block_filled[block] = 1;
+}
+
+static inline int is_word_filling(Py_UCS4 c) {
+    if (!block_filled[c >> 8]) fill_block(c >> 8);
+    return word_table[c];
+}
+
+static inline int is_word(Py_UCS4 c) { return word_table[c]; }
+
+static PyObject *new_array(Py_ssize_t n, Py_ssize_t itemsize, void **data) {
+    PyObject *out = PyByteArray_FromStringAndSize(NULL, n * itemsize);
+    if (out != NULL) *data = PyByteArray_AS_STRING(out);
+    return out;
+}
+
+static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize,
+                      const char *name) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return -1;
+    if (view->len % itemsize != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd bytes is not a whole number of %zd-byte items",
+                     name, view->len, itemsize);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+#define XL_INLINE static inline __attribute__((always_inline))
+
+/* Tokens kept per document (and the word-character table filled for every block met). */
+XL_INLINE Py_ssize_t count_tokens(const int kind, const void *data, const int64_t *lengths,
+                                  Py_ssize_t n_docs, Py_ssize_t max_tokens) {
+    Py_ssize_t pos = 0, count = 0;
+    for (Py_ssize_t d = 0; d < n_docs; d++) {
+        const Py_ssize_t end = pos + lengths[d];
+        Py_ssize_t in_doc = 0;
+        int inside = 0;
+        for (; pos < end; pos++) {
+            const int w = is_word_filling(PyUnicode_READ(kind, data, pos));
+            in_doc += w && !inside;
+            inside = w;
+        }
+        count += max_tokens >= 0 && in_doc > max_tokens ? max_tokens : in_doc;
+        pos++; /* the separator */
+    }
+    return count;
+}
+
+XL_INLINE void find_tokens(const int kind, const void *data, const int64_t *lengths,
+                           Py_ssize_t n_docs, Py_ssize_t max_tokens, int64_t *starts,
+                           int64_t *ends, int64_t *per_doc, uint64_t *h1, uint64_t *h2) {
+    Py_ssize_t pos = 0, t = 0;
+    for (Py_ssize_t d = 0; d < n_docs; d++) {
+        const Py_ssize_t end = pos + lengths[d];
+        Py_ssize_t in_doc = 0;
+        while (pos < end && (max_tokens < 0 || in_doc < max_tokens)) {
+            if (!is_word(PyUnicode_READ(kind, data, pos))) {
+                pos++;
+                continue;
+            }
+            const Py_ssize_t first = pos;
+            uint64_t a = H1_OFFSET, b = H2_OFFSET;
+            while (pos < end) {
+                const Py_UCS4 c = PyUnicode_READ(kind, data, pos);
+                if (!is_word(c)) break;
+                a = (a ^ (uint64_t)c) * H1_PRIME;
+                b = (b + (uint64_t)c) * H2_PRIME;
+                pos++;
+            }
+            starts[t] = first;
+            ends[t] = pos;
+            h1[t] = a;
+            h2[t] = b;
+            t++;
+            in_doc++;
+        }
+        per_doc[d] = in_doc;
+        pos = end + 1; /* past the separator (and any tokens over max_tokens) */
+    }
+}
+
+/* scan(text, lengths, max_tokens) -> (starts, ends, per_doc, h1, h2)
+ *
+ * ``text``: documents joined by one separator character (never a word character);
+ * ``lengths``: int64 length of each document. Tokens are maximal runs of word characters;
+ * only the first ``max_tokens`` of each document are kept (-1: all). h1 is FNV-1a-64 and h2
+ * a multiply-add hash over each token's code points (featurize.code_hashes). */
+static PyObject *py_scan(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *text, *lengths_obj;
+    Py_ssize_t max_tokens;
+    if (!PyArg_ParseTuple(args, "UOn", &text, &lengths_obj, &max_tokens)) return NULL;
+    Py_buffer lv;
+    if (get_buffer(lengths_obj, &lv, 0, 8, "lengths") < 0) return NULL;
+    const int64_t *lengths = lv.buf;
+    const Py_ssize_t n_docs = lv.len / 8;
+    const int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    const Py_ssize_t size = PyUnicode_GET_LENGTH(text);
+    PyObject *result = NULL, *arrays[5] = {NULL};
+    int64_t *starts, *ends, *per_doc;
+    uint64_t *h1, *h2;
+    Py_ssize_t total = 0, count = 0;
+    for (Py_ssize_t d = 0; d < n_docs; d++) {
+        if (lengths[d] < 0) {
+            PyErr_SetString(PyExc_ValueError, "scan: negative document length");
+            goto done;
+        }
+        total += lengths[d] + (d > 0);
+    }
+    if (total != size) {
+        PyErr_Format(PyExc_ValueError, "scan: lengths cover %zd characters of %zd", total, size);
+        goto done;
+    }
+    /* Each loop specialised for the string's character width. */
+    switch (kind) {
+    case PyUnicode_1BYTE_KIND: count = count_tokens(1, data, lengths, n_docs, max_tokens); break;
+    case PyUnicode_2BYTE_KIND: count = count_tokens(2, data, lengths, n_docs, max_tokens); break;
+    default: count = count_tokens(4, data, lengths, n_docs, max_tokens);
+    }
+    if (!(arrays[0] = new_array(count, 8, (void **)&starts)) ||
+        !(arrays[1] = new_array(count, 8, (void **)&ends)) ||
+        !(arrays[2] = new_array(n_docs, 8, (void **)&per_doc)) ||
+        !(arrays[3] = new_array(count, 8, (void **)&h1)) ||
+        !(arrays[4] = new_array(count, 8, (void **)&h2)))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    switch (kind) {
+    case PyUnicode_1BYTE_KIND:
+        find_tokens(1, data, lengths, n_docs, max_tokens, starts, ends, per_doc, h1, h2);
+        break;
+    case PyUnicode_2BYTE_KIND:
+        find_tokens(2, data, lengths, n_docs, max_tokens, starts, ends, per_doc, h1, h2);
+        break;
+    default: find_tokens(4, data, lengths, n_docs, max_tokens, starts, ends, per_doc, h1, h2);
+    }
+    Py_END_ALLOW_THREADS
+    result = PyTuple_Pack(5, arrays[0], arrays[1], arrays[2], arrays[3], arrays[4]);
+done:
+    for (int i = 0; i < 5; i++) Py_XDECREF(arrays[i]);
+    PyBuffer_Release(&lv);
+    return result;
+}
+
+/* Append the UTF-8 bytes of ``c`` (lone surrogates as 3 bytes, like "surrogatepass"). */
+static inline int utf8(Py_UCS4 c, unsigned char *out) {
+    if (c < 0x80) {
+        out[0] = (unsigned char)c;
+        return 1;
+    }
+    if (c < 0x800) {
+        out[0] = (unsigned char)(0xC0 | (c >> 6));
+        out[1] = (unsigned char)(0x80 | (c & 0x3F));
+        return 2;
+    }
+    if (c < 0x10000) {
+        out[0] = (unsigned char)(0xE0 | (c >> 12));
+        out[1] = (unsigned char)(0x80 | ((c >> 6) & 0x3F));
+        out[2] = (unsigned char)(0x80 | (c & 0x3F));
+        return 3;
+    }
+    out[0] = (unsigned char)(0xF0 | (c >> 18));
+    out[1] = (unsigned char)(0x80 | ((c >> 12) & 0x3F));
+    out[2] = (unsigned char)(0x80 | ((c >> 6) & 0x3F));
+    out[3] = (unsigned char)(0x80 | (c & 0x3F));
+    return 4;
+}
+
+/* fastText's FNV-1a step: the byte sign-extended as int8, as its C++ does. */
+static inline uint32_t fnv_byte(uint32_t h, unsigned char byte) {
+    return (h ^ (uint32_t)(int32_t)(int8_t)byte) * FNV32_PRIME;
+}
+
+/* subwords(words, minn, maxn, buckets) -> (ids, lengths, word_hashes, h1, h2)
+ *
+ * For each word: its own id (FNV-1a of its UTF-8 bytes then byte 0xFF, mod buckets)
+ * followed by the ids of the char n-grams of "<word>" (featurize.char_ngrams' order, mod
+ * buckets); ``lengths`` the ids per word (int64); ``word_hashes`` FNV-1a of the word's
+ * bytes (uint32, for word n-grams); h1/h2 as scan's. No n-grams unless maxn >= minn > 0. */
+static PyObject *py_subwords(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *words;
+    Py_ssize_t minn, maxn;
+    unsigned long long buckets;
+    if (!PyArg_ParseTuple(args, "O!nnK", &PyList_Type, &words, &minn, &maxn, &buckets))
+        return NULL;
+    if (buckets == 0) {
+        PyErr_SetString(PyExc_ValueError, "subwords: buckets must be positive");
+        return NULL;
+    }
+    const int ngrams = maxn >= minn && minn > 0;
+    const Py_ssize_t n = PyList_GET_SIZE(words);
+    PyObject *result = NULL, *arrays[5] = {NULL};
+    int64_t *ids, *lengths;
+    uint32_t *hashes;
+    uint64_t *h1, *h2;
+    unsigned char *bytes = NULL;
+    Py_ssize_t *byte_at = NULL, capacity = 0, total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *word = PyList_GET_ITEM(words, i);
+        if (!PyUnicode_Check(word)) {
+            PyErr_Format(PyExc_TypeError, "subwords: word %zd is not a str", i);
+            return NULL;
+        }
+        const Py_ssize_t chars = PyUnicode_GET_LENGTH(word) + 2;
+        Py_ssize_t grams = 0;
+        if (ngrams)
+            for (Py_ssize_t at = 0; at < chars; at++) {
+                Py_ssize_t most = chars - at < maxn ? chars - at : maxn;
+                if (most >= minn) grams += most - minn + 1;
+                if (minn == 1 && (at == 0 || at == chars - 1)) grams--; /* a lone marker */
+            }
+        total += 1 + grams;
+        if (chars > capacity) capacity = chars;
+    }
+    if (!(arrays[0] = new_array(total, 8, (void **)&ids)) ||
+        !(arrays[1] = new_array(n, 8, (void **)&lengths)) ||
+        !(arrays[2] = new_array(n, 4, (void **)&hashes)) ||
+        !(arrays[3] = new_array(n, 8, (void **)&h1)) ||
+        !(arrays[4] = new_array(n, 8, (void **)&h2)))
+        goto done;
+    bytes = PyMem_Malloc(4 * capacity + 1);
+    byte_at = PyMem_Malloc(sizeof(Py_ssize_t) * (capacity + 1));
+    if (bytes == NULL || byte_at == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t out = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *word = PyList_GET_ITEM(words, i);
+        const int kind = PyUnicode_KIND(word);
+        const void *data = PyUnicode_DATA(word);
+        const Py_ssize_t len = PyUnicode_GET_LENGTH(word), chars = len + 2;
+        /* "<word>" as UTF-8, with each character's byte offset. */
+        Py_ssize_t b = 0;
+        uint64_t a1 = H1_OFFSET, a2 = H2_OFFSET;
+        byte_at[0] = 0;
+        bytes[b++] = '<';
+        for (Py_ssize_t k = 0; k < len; k++) {
+            const Py_UCS4 c = PyUnicode_READ(kind, data, k);
+            a1 = (a1 ^ (uint64_t)c) * H1_PRIME;
+            a2 = (a2 + (uint64_t)c) * H2_PRIME;
+            byte_at[k + 1] = b;
+            b += utf8(c, bytes + b);
+        }
+        byte_at[len + 1] = b;
+        bytes[b++] = '>';
+        byte_at[len + 2] = b;
+        h1[i] = a1;
+        h2[i] = a2;
+        uint32_t h = FNV32_OFFSET;
+        for (Py_ssize_t k = byte_at[1]; k < byte_at[len + 1]; k++) h = fnv_byte(h, bytes[k]);
+        hashes[i] = h;
+        const Py_ssize_t first = out;
+        ids[out++] = (int64_t)(fnv_byte(h, 0xFF) % buckets);
+        if (ngrams)
+            for (Py_ssize_t at = 0; at < chars; at++) {
+                uint32_t g = FNV32_OFFSET;
+                for (Py_ssize_t size = 1; size <= maxn && at + size <= chars; size++) {
+                    for (Py_ssize_t k = byte_at[at + size - 1]; k < byte_at[at + size]; k++)
+                        g = fnv_byte(g, bytes[k]);
+                    if (size < minn) continue;
+                    if (size == 1 && (at == 0 || at + 1 == chars)) continue;
+                    ids[out++] = (int64_t)(g % buckets);
+                }
+            }
+        lengths[i] = out - first;
+    }
+    result = PyTuple_Pack(5, arrays[0], arrays[1], arrays[2], arrays[3], arrays[4]);
+done:
+    PyMem_Free(bytes);
+    PyMem_Free(byte_at);
+    for (int i = 0; i < 5; i++) Py_XDECREF(arrays[i]);
+    return result;
+}
+
+static inline Py_ssize_t home_slot(uint64_t h1, int bits) {
+    return (Py_ssize_t)((h1 * GOLDEN) >> (64 - bits));
+}
+
+/* find(key1, key2, value, bits, h1, h2) -> int64 word index of each key, -1 if absent
+ * (linear probing from featurize._home_slot, as SubwordTable.find). */
+static PyObject *py_find(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objs[5];
+    int bits;
+    if (!PyArg_ParseTuple(args, "OOOiOO", &objs[0], &objs[1], &objs[2], &bits, &objs[3],
+                          &objs[4]))
+        return NULL;
+    static const char *names[5] = {"key1", "key2", "value", "h1", "h2"};
+    Py_buffer v[5];
+    int got = 0;
+    PyObject *result = NULL;
+    for (; got < 5; got++)
+        if (get_buffer(objs[got], &v[got], 0, 8, names[got]) < 0) goto done;
+    const Py_ssize_t slots = v[2].len / 8, n = v[3].len / 8;
+    if (bits < 1 || bits > 62 || slots != ((Py_ssize_t)1 << bits) || v[0].len != v[2].len ||
+        v[1].len != v[2].len || v[4].len != v[3].len) {
+        PyErr_SetString(PyExc_ValueError, "find: table or key sizes do not match");
+        goto done;
+    }
+    int64_t *out;
+    if (!(result = new_array(n, 8, (void **)&out))) goto done;
+    const uint64_t *key1 = v[0].buf, *key2 = v[1].buf, *a = v[3].buf, *b = v[4].buf;
+    const int64_t *value = v[2].buf;
+    const Py_ssize_t mask = slots - 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t slot = home_slot(a[i], bits);
+        int64_t found = -1;
+        for (Py_ssize_t probes = 0; probes < slots && value[slot] >= 0; probes++) {
+            if (key1[slot] == a[i] && key2[slot] == b[i]) {
+                found = value[slot];
+                break;
+            }
+            slot = (slot + 1) & mask;
+        }
+        out[i] = found;
+    }
+done:
+    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+    return result;
+}
+
+/* place(key1, key2, value, bits, h1, h2, values): insert new, distinct keys in place
+ * (the table must have room: SubwordTable keeps its load under 1/2). */
+static PyObject *py_place(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objs[6];
+    int bits;
+    if (!PyArg_ParseTuple(args, "OOOiOOO", &objs[0], &objs[1], &objs[2], &bits, &objs[3],
+                          &objs[4], &objs[5]))
+        return NULL;
+    static const char *names[6] = {"key1", "key2", "value", "h1", "h2", "values"};
+    Py_buffer v[6];
+    int got = 0;
+    PyObject *result = NULL;
+    for (; got < 6; got++)
+        if (get_buffer(objs[got], &v[got], got < 3, 8, names[got]) < 0) goto done;
+    const Py_ssize_t slots = v[2].len / 8, n = v[3].len / 8;
+    if (bits < 1 || bits > 62 || slots != ((Py_ssize_t)1 << bits) || v[0].len != v[2].len ||
+        v[1].len != v[2].len || v[4].len != v[3].len || v[5].len != v[3].len) {
+        PyErr_SetString(PyExc_ValueError, "place: table or key sizes do not match");
+        goto done;
+    }
+    uint64_t *key1 = v[0].buf, *key2 = v[1].buf;
+    int64_t *value = v[2].buf;
+    const uint64_t *a = v[3].buf, *b = v[4].buf;
+    const int64_t *values = v[5].buf;
+    Py_ssize_t free_slots = 0;
+    for (Py_ssize_t s = 0; s < slots; s++) free_slots += value[s] < 0;
+    if (free_slots <= n) {
+        PyErr_SetString(PyExc_ValueError, "place: the table has no room for these keys");
+        goto done;
+    }
+    const Py_ssize_t mask = slots - 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t slot = home_slot(a[i], bits);
+        while (value[slot] >= 0) slot = (slot + 1) & mask;
+        key1[slot] = a[i];
+        key2[slot] = b[i];
+        value[slot] = values[i];
+    }
+    result = Py_NewRef(Py_None);
+done:
+    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", py_scan, METH_VARARGS,
+     "scan(text, lengths, max_tokens) -> (starts, ends, per_doc, h1, h2): the word tokens of "
+     "documents joined by one non-word character, as bytearrays (int64 / uint64)."},
+    {"subwords", py_subwords, METH_VARARGS,
+     "subwords(words, minn, maxn, buckets) -> (ids, lengths, word_hashes, h1, h2): each "
+     "word's own id then its char n-gram ids, fastText's hashing."},
+    {"find", py_find, METH_VARARGS,
+     "find(key1, key2, value, bits, h1, h2) -> int64 value of each key, -1 if absent."},
+    {"place", py_place, METH_VARARGS,
+     "place(key1, key2, value, bits, h1, h2, values): insert new distinct keys in place."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_featurize", "The hashed featurizer's hot loops (C).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__featurize(void) { return PyModule_Create(&module); }
