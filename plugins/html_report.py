@@ -66,17 +66,28 @@ class Figure:
     svg: bytes | None = None
 
     @classmethod
-    def draw(cls, fig: Any, name: str, caption: str, alt: str, plots_dir: Path | None) -> Figure:
-        """Render a matplotlib figure; with ``plots_dir``, save it there as PNG and SVG."""
+    def draw(
+        cls,
+        fig: Any,
+        name: str,
+        caption: str,
+        alt: str,
+        plots_dir: Path | None,
+        tight: bool = True,
+    ) -> Figure:
+        """Render a matplotlib figure; with ``plots_dir``, save it there as PNG and SVG.
+        ``tight``: crop to what is drawn (each save then lays the figure out once more; a
+        figure laid out by :func:`_fixed_grid` needs no cropping)."""
+        bbox = "tight" if tight else None
         png = io.BytesIO()
-        fig.savefig(png, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(png, format="png", dpi=110, bbox_inches=bbox)
         width, height = (int(v) for v in fig.get_size_inches() * 110)
         figure = cls(name, caption, alt, width, height, png.getvalue())
         if plots_dir is not None:
             from xleval.api.files import atomic_write_bytes
 
             svg = io.BytesIO()
-            fig.savefig(svg, format="svg", bbox_inches="tight")
+            fig.savefig(svg, format="svg", bbox_inches=bbox)
             figure.svg = svg.getvalue()
             # atomic: a run killed while writing leaves the old file or none, never a part
             atomic_write_bytes(plots_dir / f"{name}.png", figure.png)
@@ -126,6 +137,28 @@ FIGURE_INPUTS = ("spec", "metrics", "aggregates", "summary", "calibration", "sta
 #: In the plots folder: the key and figures of the page last written there.
 FIGURE_CACHE = "figures.json"
 FIGURE_GROUPS = ("curves", "gap_figures", "calibration")
+
+
+def _fixed_grid(fig: Any, rows: int, cols: int, legend_rows: int) -> float:
+    """Lay out a grid of small multiples with margins in inches (room for tick labels, axis
+    labels and titles; the legend below) instead of measuring every text: ``tight_layout``
+    and a tight crop lay out each text of each panel again, which dominated the page's time
+    for runs of many targets (benchmarks/report_scaling.py). Returns the legend's bottom as
+    a fraction of the figure's height."""
+    width, height = fig.get_size_inches()
+    left, right, top, gap_w, gap_h = 0.85, 0.2, 0.4, 0.85, 0.95
+    bottom = 0.6 + 0.3 * legend_rows + 0.1
+    axes_w = (width - left - right - (cols - 1) * gap_w) / cols
+    axes_h = (height - top - bottom - (rows - 1) * gap_h) / rows
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        bottom=bottom / height,
+        top=1 - top / height,
+        wspace=gap_w / axes_w,
+        hspace=gap_h / axes_h,
+    )
+    return 0.1 / height
 
 
 def _pyplot():
@@ -212,15 +245,16 @@ class HtmlReporter:
         for ax in list(axes.flat)[len(targets) :]:
             ax.axis("off")
         handles, labels = axes.flat[0].get_legend_handles_labels()
+        ncol = max(1, min(len(labels), 5))
+        legend_bottom = _fixed_grid(fig, rows, cols, math.ceil(len(labels) / ncol))
         fig.legend(
             handles,
             labels,
             loc="lower center",
-            ncol=min(len(labels), 5),
-            bbox_to_anchor=(0.5, -0.02),
+            ncol=ncol,
+            bbox_to_anchor=(0.5, legend_bottom),
             frameon=False,
         )
-        fig.tight_layout(rect=(0, 0.06, 1, 1))
         caption = (
             f"{metric} on each target language's test split vs. target examples per class; "
             f"lines: mean over seeds, bands: {_interval_words(report)}; dashed: zero-shot "
@@ -229,7 +263,7 @@ class HtmlReporter:
             "break-even k where a method stops beating target-only."
         )
         figure = Figure.draw(
-            fig, "learning_curves", caption, f"Learning curves of {metric}", plots_dir
+            fig, "learning_curves", caption, f"Learning curves of {metric}", plots_dir, tight=False
         )
         plt.close(fig)
         return [figure]
