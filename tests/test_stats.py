@@ -25,8 +25,10 @@ from xleval.analysis.stats import (
     fiducial_half_widths,
     fiducial_p_values,
     holm,
+    intervals,
     mean_ci,
     metric_form,
+    p_values,
     paired_t_test,
     pseudo_values_by_calls,
     seeds_and_examples,
@@ -482,3 +484,39 @@ def test_a_form_right_only_on_the_whole_set_is_caught_by_the_resample_check():
     assert metric_form("p_true", metric, y, probs) is None
     # without the resample check it would pass: the check is what catches it
     assert metric_form("p_true", metric, y, probs, resample=False) is not None
+
+
+def test_intervals_and_p_values_in_one_batch_equal_each_computed_alone():
+    """The report computes its thousands of intervals and p-values together; each must be
+    bit for bit what the estimate gives alone (grids differ with the seeds' degrees of
+    freedom and with few test examples; no variance, one seed and None have their own
+    answers)."""
+    rng = np.random.default_rng(7)
+    estimates = [None]
+    for seeds in (1, 2, 3, 5):
+        for examples in (2, 5, 9, 40):
+            for shift in (0.0, 0.3):
+                per_seed = list(rng.normal(shift, 0.2, seeds))
+                table = rng.normal(shift, 1.0, (seeds, examples))
+                estimates.append(seeds_and_examples(per_seed, [table]))
+    estimates.append(seeds_and_examples([0.5, 0.5, 0.5], [np.full((3, 4), 0.5)]))  # no variance
+    estimates.append(seeds_and_examples([0.0, 0.0], [np.zeros((2, 4))]))  # none, at 0
+    assert len({(e.seeds_df, e.examples_df >= 8) for e in estimates if e is not None}) >= 4
+    for confidence in (0.95, 0.99):
+        together = intervals(estimates, confidence)
+        alone = [None if e is None else e.interval(confidence) for e in estimates]
+        assert together == alone
+        assert sum(ci is not None for ci in together) >= 25
+    together_p = p_values(estimates)
+    assert together_p == [None if e is None else e.p_value() for e in estimates]
+    assert together_p[-1] == 1.0 and together_p[-2] is None  # no variance: 1 at 0, else none
+    # and "alone" is the direct integral, not the batch code again
+    e = estimates[10]
+    direct = fiducial_p_values(
+        [e.mean], [e.seeds_part], e.seeds_df, [e.examples_ms], [e.examples_df], [e.residual]
+    )
+    assert together_p[10] == float(direct[0])
+    half = fiducial_half_widths(
+        1.0 - 0.95, [e.seeds_part], e.seeds_df, [e.examples_ms], [e.examples_df], [e.residual]
+    )
+    assert intervals(estimates, 0.95)[10] == [e.mean - float(half[0]), e.mean + float(half[0])]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -28,8 +28,10 @@ from xleval.analysis.stats import (
     SeedsAndExamples,
     average_ranks,
     holm,
+    intervals,
     mean_ci,
     metric_form,
+    p_values,
     paired_t_test,
     pseudo_values_by_calls,
     safe_sum,
@@ -338,12 +340,16 @@ class Estimator:
         return np.round(total).astype(np.int64)
 
 
-def interval_fields(estimate: SeedsAndExamples | None, confidence: float) -> dict[str, Any]:
-    """The interval of an estimate as the report stores it (with why it is missing)."""
+def interval_fields(
+    estimate: SeedsAndExamples | None, confidence: float, ci: list[float] | None
+) -> dict[str, Any]:
+    """The interval of an estimate as the report stores it (with why it is missing); ``ci``:
+    its interval over seeds and examples (:func:`~xleval.analysis.stats.intervals` computes
+    many at once)."""
     if estimate is None:
         return {"ci": None, "ci_examples": None, "ci_reason": "missing cells or values"}
     return {
-        "ci": estimate.interval(confidence),
+        "ci": ci,
         "ci_examples": estimate.conditional_interval(confidence),
         "ci_reason": estimate.reason,
     }
@@ -397,6 +403,7 @@ def aggregate(
     order = {m.label: i for i, m in enumerate(spec.methods)}
     shots_order = {s: i for i, s in enumerate(spec.shots)}
     out = []
+    estimates: list[SeedsAndExamples | None] = []  # of each entry, their intervals at the end
     for method, target, shots in sorted(
         columns, key=lambda col: (order[col[0]], col[1], shots_order.get(col[2], 0))
     ):
@@ -416,7 +423,7 @@ def aggregate(
                 "mean": _finite_or_none(over_seeds["mean"]),
                 "std": _finite_or_none(over_seeds["std"]),
                 "n": over_seeds["n"],
-                **interval_fields(estimate, confidence),
+                **interval_fields(estimate, confidence, None),
                 "ci_seeds": over_seeds["ci"]
                 if _finite_or_none(over_seeds["mean"]) is not None
                 else None,
@@ -427,6 +434,10 @@ def aggregate(
             else:
                 entry |= shots_used(by_seed, n_labels)
             out.append(entry)
+            estimates.append(estimate)
+    for entry, estimate, ci in zip(out, estimates, intervals(estimates, confidence), strict=True):
+        if estimate is not None:
+            entry["ci"] = ci
     return out
 
 
@@ -507,12 +518,25 @@ class Comparer:
     higher_is_better: bool
     confidence: float
     cache: dict[tuple[str, str, str, Any], dict[str, Any]] = field(default_factory=dict)
+    #: tested comparisons whose p-value and interval are not computed yet
+    pending: dict[tuple[str, str, str, Any], SeedsAndExamples] = field(default_factory=dict)
 
     def compare(self, a: str, b: str, target: str, shots: Any) -> dict[str, Any]:
-        key = (a, b, target, shots)
-        if key not in self.cache:
-            self.cache[key] = self._compare(a, b, target, shots)
-        return dict(self.cache[key])
+        self.prepare([(a, b, target, shots)])
+        return dict(self.cache[a, b, target, shots])
+
+    def prepare(self, keys: Iterable[tuple[str, str, str, Any]]) -> None:
+        """Compare these (a, b, target, shots) at once: the tests' integrals of all of them
+        in one vectorised pass (:func:`~xleval.analysis.stats.p_values`)."""
+        for key in keys:
+            if key not in self.cache:
+                self.cache[key] = self._compare(*key)
+        if self.pending:
+            keys, estimates = list(self.pending), list(self.pending.values())
+            found = zip(p_values(estimates), intervals(estimates, self.confidence), strict=True)
+            for key, (p_value, ci) in zip(keys, found, strict=True):
+                self.cache[key] |= {"ci": ci, "p_value": p_value}
+            self.pending.clear()
 
     def _compare(self, a: str, b: str, target: str, shots: Any) -> dict[str, Any]:
         metric = self.metric
@@ -580,19 +604,19 @@ class Comparer:
             entry["p_examples"] = _finite_or_none(estimate.conditional_p_value())
         if not estimate.testable:
             return entry | {"status": "not-testable", "reason": estimate.reason}
-        p_value = estimate.p_value()
-        if p_value is None:
+        if estimate.variance == 0.0 and estimate.mean != 0.0:  # its p-value is None
             return entry | {
                 "status": "not-testable",
                 "reason": "no variation between seeds or test examples to test against",
             }
+        self.pending[(a, b, target, shots)] = estimate  # "ci" and "p_value": see prepare
         return entry | {
-            "ci": estimate.interval(self.confidence),
+            "ci": None,
             "se": math.sqrt(estimate.variance),
             "variance": {"seeds": estimate.seeds_part, "examples": estimate.examples_part},
             "test": TEST_NAME,
             "generalises": GENERALISES,
-            "p_value": p_value,
+            "p_value": None,
         }
 
 
@@ -615,7 +639,9 @@ def compare_methods(
     columns = grid_columns(cells, spec)
     comparer = Comparer(spec, columns, estimator, spec.main_metric, higher_is_better, confidence)
     out: list[dict[str, Any]] = []
-    for family, planned in comparison_plan(cells, spec).items():
+    plan = comparison_plan(cells, spec)
+    comparer.prepare(key for keys in plan.values() for key in keys)
+    for family, planned in plan.items():
         entries = [{"family": family} | comparer.compare(*key) for key in planned]
         tested = [e for e in entries if e["status"] == "ok"]
         for e, adjusted in zip(tested, holm([e["p_value"] for e in tested]), strict=True):
@@ -822,8 +848,12 @@ def summarize(
         if by
     }
 
-    def interval(terms: list[Term]) -> list[float] | None:
-        return interval_fields(estimator.estimate(terms, metric)[1], confidence)["ci"]
+    # (container, key, estimate): intervals filled in at the end, all computed at once
+    deferred: list[tuple[dict[Any, Any], Any, SeedsAndExamples | None]] = []
+
+    def interval(container: dict[Any, Any], key: Any, terms: list[Term]) -> None:
+        container[key] = None
+        deferred.append((container, key, estimator.estimate(terms, metric)[1]))
 
     # ranks per (target, shots) column among the methods that have a result there
     ranks: dict[Column, float] = {}
@@ -853,7 +883,7 @@ def summarize(
                 "score": _finite_or_none(
                     safe_sum(means[(label, t, shots)] for t in targets) / len(targets)
                 ),
-                "score_ci": interval(score_terms),
+                "score_ci": None,
                 "per_target": per_target,
                 "transfer_gap": None,
                 "transfer_gap_ci": None,
@@ -862,6 +892,7 @@ def summarize(
                 "ranks": {t: _finite_or_none(ranks[(label, t, shots)]) for t in targets},
                 "complete": len(targets) == len(spec.targets),
             }
+            interval(row, "score_ci", score_terms)
             if with_gap:
                 gaps = {
                     t: gap_terms(spec, ok[(label, t, shots)], t, higher_is_better) for t in targets
@@ -870,15 +901,18 @@ def summarize(
                 per_gap = {t: g for t, g in per_gap.items() if g is not None}
                 gap_values = [cast(float, g) for g in per_gap.values()]
                 row["transfer_gap_per_target"] = per_gap
-                row["transfer_gap_per_target_ci"] = {t: interval(gaps[t]) for t in per_gap}
+                for t in per_gap:
+                    interval(row["transfer_gap_per_target_ci"], t, gaps[t])
                 if per_gap and len(per_gap) == len(targets):
                     row["transfer_gap"] = math.fsum(gap_values) / len(per_gap)
-                    row["transfer_gap_ci"] = interval(
+                    interval(
+                        row,
+                        "transfer_gap_ci",
                         [
                             Term(term.weight / len(targets), term.lang, term.cells, term.on_source)
                             for t in targets
                             for term in gaps[t]
-                        ]
+                        ],
                     )
             rows[str(shots)] = row
         ranked = [ranks[(label, t, s)] for t, s in complete]
@@ -899,6 +933,9 @@ def summarize(
             if comparisons and reference is not None and label != reference
             else None,
         }
+    found = intervals([estimate for _, _, estimate in deferred], confidence)
+    for (container, key, _), ci in zip(deferred, found, strict=True):
+        container[key] = ci
     return summary
 
 

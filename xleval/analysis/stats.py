@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -222,28 +222,11 @@ class SeedsAndExamples:
 
         With no variation at all (the same per-example value on every seed and example)
         there is nothing to test against: 1.0 if the value is 0, else None."""
-        if not self.testable:
-            return None
-        if self.variance == 0.0:
-            return 1.0 if self.mean == 0.0 else None
-        return float(self._call(fiducial_p_values, [self.mean])[0])
+        return p_values([self])[0]
 
     def interval(self, confidence: float) -> list[float] | None:
         """The interval of the test above: the values it would not reject at 1 − confidence."""
-        if not self.testable:
-            return None
-        half = float(self._call(fiducial_half_widths, 1.0 - confidence)[0])
-        return [self.mean - half, self.mean + half]
-
-    def _call(self, function: Callable[..., np.ndarray], first: Any) -> np.ndarray:
-        return function(
-            first,
-            [self.seeds_part],
-            self.seeds_df,
-            [self.examples_ms],
-            [self.examples_df],
-            [self.residual],
-        )
+        return intervals([self], confidence)[0]
 
     def conditional_interval(self, confidence: float) -> list[float] | None:
         """Student-t interval over new test examples, for these trained models only."""
@@ -262,6 +245,62 @@ class SeedsAndExamples:
         if self.conditional == 0.0:
             return 1.0 if self.mean == 0.0 else None
         return t_p_value(self.mean / math.sqrt(self.conditional), self.conditional_df)
+
+
+def _batches(estimates: Sequence[SeedsAndExamples | None]) -> dict[tuple[float, bool], list[int]]:
+    """Indices of the testable estimates with some variance, by what fixes their
+    integration grids (the seeds' degrees of freedom; whether the examples' are few), so
+    that a batch gives each estimate exactly the numbers it gets alone."""
+    groups: dict[tuple[float, bool], list[int]] = {}
+    for i, e in enumerate(estimates):
+        if e is not None and e.testable and e.variance != 0.0:
+            few = not bool(np.asarray(e.examples_df, dtype=np.float64) >= 8)
+            groups.setdefault((e.seeds_df, few), []).append(i)
+    return groups
+
+
+def _columns(picked: Sequence[SeedsAndExamples]) -> tuple[list[float], ...]:
+    return (
+        [e.seeds_part for e in picked],
+        [e.examples_ms for e in picked],
+        [e.examples_df for e in picked],
+        [e.residual for e in picked],
+    )
+
+
+def p_values(estimates: Sequence[SeedsAndExamples | None]) -> list[float | None]:
+    """:meth:`SeedsAndExamples.p_value` of many estimates (None stays None), integrated
+    together: one vectorised pass per batch instead of one per estimate, same numbers."""
+    out: list[float | None] = [None] * len(estimates)
+    for i, e in enumerate(estimates):
+        if e is not None and e.testable and e.variance == 0.0:
+            out[i] = 1.0 if e.mean == 0.0 else None
+    for (seeds_df, _), index in _batches(estimates).items():
+        picked = [cast(SeedsAndExamples, estimates[i]) for i in index]
+        seeds, ms, dfs, residuals = _columns(picked)
+        found = fiducial_p_values([e.mean for e in picked], seeds, seeds_df, ms, dfs, residuals)
+        for i, p in zip(index, found.tolist(), strict=True):
+            out[i] = p
+    return out
+
+
+def intervals(
+    estimates: Sequence[SeedsAndExamples | None], confidence: float
+) -> list[list[float] | None]:
+    """:meth:`SeedsAndExamples.interval` of many estimates (None stays None), their root
+    searches vectorised together: same numbers, a fraction of the time for a report's
+    thousands of intervals (benchmarks/report_scaling.py)."""
+    out: list[list[float] | None] = [None] * len(estimates)
+    for i, e in enumerate(estimates):
+        if e is not None and e.testable and e.variance == 0.0:
+            out[i] = [e.mean - 0.0, e.mean + 0.0]  # as a zero half-width gives (-0.0 too)
+    for (seeds_df, _), index in _batches(estimates).items():
+        picked = [cast(SeedsAndExamples, estimates[i]) for i in index]
+        seeds, ms, dfs, residuals = _columns(picked)
+        halves = fiducial_half_widths(1.0 - confidence, seeds, seeds_df, ms, dfs, residuals)
+        for i, e, half in zip(index, picked, halves.tolist(), strict=True):
+            out[i] = [e.mean - half, e.mean + half]
+    return out
 
 
 @functools.lru_cache(maxsize=8)
