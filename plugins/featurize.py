@@ -8,7 +8,6 @@ in a small in-process LRU keyed by (texts fingerprint, featurizer key).
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import threading
 import warnings
@@ -20,19 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-
-try:  # the hot loops in C (plugins/_featurize.c); optional: built where a compiler is
-    from . import _featurize as _compiled
-except ImportError:  # pragma: no cover - exercised by installs without the extension
-    _compiled = None
-
-
-def compiled_featurizer() -> Any:
-    """The compiled featurizer module, or None where it is not built or is switched off
-    (``XLEVAL_FEATURIZE_KERNEL=0`` forces the numpy path; both give identical ids)."""
-    if _compiled is None or os.environ.get("XLEVAL_FEATURIZE_KERNEL", "1") == "0":
-        return None
-    return _compiled
+from xleval_plugins.kernels import compiled_kernels as compiled_featurizer
 
 
 def _u64(buffer: Any) -> np.ndarray:
@@ -433,7 +420,7 @@ class SubwordTable:
 
     def _subwords(self, words: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids, ids per word, fastText's word hashes) of new words, in numpy: each word's
-        own id then its char n-gram ids (the reference for ``_featurize.subwords``)."""
+        own id then its char n-gram ids (the reference for ``_kernels.subwords``)."""
         marked = MarkedWords.of(words)
         if self.maxn >= self.minn > 0:
             buffer, starts, lengths, counts = char_ngram_ranges(marked, self.minn, self.maxn)

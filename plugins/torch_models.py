@@ -22,6 +22,7 @@ from xleval_plugins.featurize import (
     VocabularyFeaturizer,
     np_offsets,
 )
+from xleval_plugins.kernels import compiled_kernels
 
 from xleval.train.trainer import RowGradient
 
@@ -210,6 +211,14 @@ def _chunk_pairs(
     ids: np.ndarray, lengths: np.ndarray, sizes: np.ndarray, n_rows: int
 ) -> list[tuple[torch.Tensor, ...]]:
     """:func:`_grouped_pairs` of a few whole batches."""
+    kernels = compiled_kernels()
+    if kernels is not None:
+        return _slice_batches(kernels.plan_pairs(
+            np.ascontiguousarray(ids, dtype=np.int64),
+            np.ascontiguousarray(lengths, dtype=np.int64),
+            np.ascontiguousarray(sizes, dtype=np.int64),
+            n_rows,
+        ), sizes)  # fmt: skip
     n_docs, n_batches = len(lengths), len(sizes)
     # Packed key, bit fields (batch, row, document within the batch); int32 when it fits
     # (sorting int32 is ~40% faster).
@@ -253,6 +262,51 @@ def _chunk_pairs(
     row_starts_t = torch.from_numpy(row_starts.astype(np.int32))
     docs_t = torch.from_numpy(docs.astype(np.int32))
     weights_t = torch.from_numpy(weights)
+    return _batch_slices(
+        sizes, pair_edges, row_edges, (forward_rows, doc_offsets, forward_weights),
+        (rows, row_starts_t, docs_t, weights_t),
+    )  # fmt: skip
+
+
+def _slice_batches(planned: tuple[Any, ...], sizes: np.ndarray) -> list[tuple[torch.Tensor, ...]]:
+    """The compiled planner's chunk (``_kernels.plan_pairs``) as :func:`_batch_slices`."""
+
+    def tensor(buffer: Any, dtype: Any) -> torch.Tensor:
+        return torch.from_numpy(np.frombuffer(buffer, dtype=dtype))
+
+    pair_rows = np.frombuffer(planned[0], dtype=np.int64)
+    row_starts = np.frombuffer(planned[3], dtype=np.int32)
+    return _batch_slices(
+        sizes,
+        np.frombuffer(planned[4], dtype=np.int64).tolist(),
+        np.frombuffer(planned[5], dtype=np.int64).tolist(),
+        (
+            tensor(planned[6], np.int32),
+            tensor(planned[8], np.int32),
+            tensor(planned[7], np.float32),
+        ),
+        (
+            torch.from_numpy(pair_rows[row_starts]),
+            torch.from_numpy(row_starts),
+            tensor(planned[1], np.int32),
+            tensor(planned[2], np.float32),
+        ),
+    )
+
+
+def _batch_slices(
+    sizes: np.ndarray,
+    pair_edges: list[int],
+    row_edges: list[int],
+    forward: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    backward: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> list[tuple[torch.Tensor, ...]]:
+    """Each batch's part of a planned chunk: forward (rows by document, document offsets,
+    weights; chunk-wide) and backward (distinct rows, their first pair, pairs' documents and
+    weights; chunk-wide) sliced and rebased per batch."""
+    forward_rows, doc_offsets, forward_weights = forward
+    rows, row_starts_t, docs_t, weights_t = backward
+    n_batches = len(sizes)
     doc_bounds = np_offsets(sizes).tolist()
     out = []
     for b in range(n_batches):

@@ -1,6 +1,6 @@
 """The vectorised featurizer gives exactly the ids of the straightforward one: bulk n-gram
 hashing, word-factorised bags, their select/concat, and the on-disk round trip. Every test
-runs on both paths (the compiled ``plugins/_featurize.c`` and numpy), and the two are held
+runs on both paths (the compiled ``plugins/_kernels.c`` and numpy), and the two are held
 equal array for array."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from xleval_plugins import featurize as featurize_module
+from xleval_plugins import kernels
 from xleval_plugins.featurize import (
     HashedFeaturizer,
     SubwordTable,
@@ -27,16 +28,16 @@ from xleval_plugins.featurize import (
     word_chars,
 )
 
-COMPILED = featurize_module._compiled
-needs_compiled = pytest.mark.skipif(COMPILED is None, reason="plugins/_featurize.c not built")
+COMPILED = kernels._compiled
+needs_compiled = pytest.mark.skipif(COMPILED is None, reason="plugins/_kernels.c not built")
 
 
 @pytest.fixture(autouse=True, params=["compiled", "numpy"])
 def featurizer_path(request, monkeypatch):
     """Run each test on the compiled path and on the numpy path."""
     if request.param == "compiled" and COMPILED is None:
-        pytest.skip("plugins/_featurize.c not built")
-    monkeypatch.setenv("XLEVAL_FEATURIZE_KERNEL", "1" if request.param == "compiled" else "0")
+        pytest.skip("plugins/_kernels.c not built")
+    monkeypatch.setenv("XLEVAL_PLUGIN_KERNELS", "1" if request.param == "compiled" else "0")
     assert (featurize_module.compiled_featurizer() is not None) == (request.param == "compiled")
     return request.param
 
@@ -173,7 +174,7 @@ def test_word_table_by_hash_and_by_string_agree():
 
 
 def _tokens_on(path: str, monkeypatch, texts, max_tokens=None):
-    monkeypatch.setenv("XLEVAL_FEATURIZE_KERNEL", "1" if path == "compiled" else "0")
+    monkeypatch.setenv("XLEVAL_PLUGIN_KERNELS", "1" if path == "compiled" else "0")
     return tokenize_many(texts, max_tokens)
 
 
@@ -187,7 +188,7 @@ def _assert_same_tokens(monkeypatch, texts, max_tokens=None):
 
 
 def _table_on(path: str, monkeypatch, minn: int, maxn: int, words):
-    monkeypatch.setenv("XLEVAL_FEATURIZE_KERNEL", "1" if path == "compiled" else "0")
+    monkeypatch.setenv("XLEVAL_PLUGIN_KERNELS", "1" if path == "compiled" else "0")
     table = SubwordTable(1_000_003, minn, maxn)
     index = table.lookup(words)
     ids, lengths = table.gather(index)
@@ -242,7 +243,7 @@ def test_compiled_and_numpy_featurizers_agree_on_any_text(texts, max_tokens, gra
         slow = _table_on("numpy", monkeypatch, *grams, words)
         assert fast == slow
         for path in ("compiled", "numpy"):
-            monkeypatch.setenv("XLEVAL_FEATURIZE_KERNEL", "1" if path == "compiled" else "0")
+            monkeypatch.setenv("XLEVAL_PLUGIN_KERNELS", "1" if path == "compiled" else "0")
             bags = HashedFeaturizer(buckets=9973, ngram_range=grams, cache=None,
                                     max_tokens=max_tokens)(texts)  # fmt: skip
             for i, text in enumerate(texts):

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from xleval_plugins import kernels
 from xleval_plugins import torch_models as models_plugin
 from xleval_plugins.featurize import TokenBags
 from xleval_plugins.torch_models import BagOfEmbeddingsClassifier, SparseBagSession
@@ -170,6 +171,41 @@ def test_planning_in_chunks_gives_the_same_plans(builder, monkeypatch):
     for a, b in zip(whole, chunked, strict=True):
         for x, y in zip(a, b, strict=True):
             assert torch.equal(x, y)
+
+
+needs_kernels = pytest.mark.skipif(kernels._compiled is None, reason="_kernels.c not built")
+
+
+@needs_kernels
+@pytest.mark.parametrize("n_rows", [7, 3000, 5_000_000])  # a scan of the rows; radix passes
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_compiled_planner_plans_exactly_as_numpy(monkeypatch, n_rows, seed):
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(0, 6, 9)  # batches of 0-5 documents
+    lengths = rng.integers(0, 40, int(sizes.sum()))  # documents of 0-39 ids (repeats)
+    ids = rng.integers(0, n_rows, int(lengths.sum())) // rng.integers(1, 4)  # skewed
+    plans = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv("XLEVAL_PLUGIN_KERNELS", switch)
+        plans.append(models_plugin._chunk_pairs(ids, lengths, sizes, n_rows))
+    assert len(plans[0]) == len(plans[1]) == len(sizes)
+    for fast, slow in zip(*plans, strict=True):
+        for x, y in zip(fast, slow, strict=True):
+            assert x.dtype == y.dtype and torch.equal(x, y)
+
+
+@needs_kernels
+def test_training_with_and_without_the_compiled_loops_gives_identical_weights(builder, monkeypatch):
+    texts, labels = corpus(12, seed=11)
+    weights = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv("XLEVAL_PLUGIN_KERNELS", switch)
+        model = build_model(builder, 3, seed=0)
+        model.featurizer.cache = None  # featurize on this path too
+        train(model, texts, labels, {"epochs": 3, "batch_size": 8}, seed=0)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*weights, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_word_by_word_prediction_equals_id_by_id_pooling(builder):

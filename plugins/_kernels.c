@@ -1,10 +1,12 @@
-/* The hashed featurizer's hot loops in C (plugins/featurize.py holds the reference path).
+/* The bundled models' hot loops in C; plugins/featurize.py and plugins/torch_models.py hold
+ * the reference paths (plugins/kernels.py says which runs).
  *
  * Prediction from raw text spends its time tokenising and hashing: finding word runs,
  * hashing each token's code points to find its word, and hashing the char n-grams of words
- * never seen before. Each function here computes exactly what its numpy counterpart in
- * featurize.py computes (tests/test_featurize.py holds them equal, id for id), one pass
- * per text instead of one numpy pass per character position.
+ * never seen before. Training plans its batches once: each batch's distinct (row, document)
+ * pairs, by row and by document. Each function here computes exactly what its numpy
+ * counterpart computes (tests/test_featurize.py and tests/test_training.py hold them equal),
+ * one pass over the data instead of one numpy pass per character position or a sort.
  *
  * Arrays come and go as bytearrays (numpy views them with frombuffer), so the build needs
  * no numpy headers.
@@ -402,6 +404,187 @@ done:
     return result;
 }
 
+/* plan_pairs(ids, lengths, sizes, n_rows) -> (rows, docs, weights, row_starts, pair_edges,
+ *                                             row_edges, fwd_rows, fwd_weights, doc_offsets)
+ *
+ * A chunk of whole batches: document d's ids (int64, each in [0, n_rows)) follow each other
+ * in ``ids`` (``lengths[d]`` of them); batch b holds the next ``sizes[b]`` documents. Out,
+ * the batches' distinct (row, document) pairs sorted by (batch, row, document), as
+ * torch_models._chunk_pairs' numpy path sorts them: their rows (int64), documents within
+ * the batch (int32) and weights (occurrences / document length, float32); the first pair
+ * of each distinct row of a batch (int32, chunk-wide), and per batch the first pair and
+ * first distinct row (int64, n_batches + 1 each). Then the same pairs by document (rows
+ * ascending within one): rows (int32), weights, and each document's first (int32,
+ * n_docs + 1). A counting sort by row, then one by document: no comparison sort. */
+static PyObject *py_plan_pairs(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objs[3];
+    Py_ssize_t n_rows;
+    if (!PyArg_ParseTuple(args, "OOOn", &objs[0], &objs[1], &objs[2], &n_rows)) return NULL;
+    static const char *names[3] = {"ids", "lengths", "sizes"};
+    Py_buffer v[3];
+    int got = 0;
+    PyObject *result = NULL, *out[9] = {NULL};
+    int64_t *count = NULL, *entries = NULL, *touched = NULL;
+    int32_t *doc_fill = NULL;
+    for (; got < 3; got++)
+        if (get_buffer(objs[got], &v[got], 0, 8, names[got]) < 0) goto done;
+    const int64_t *ids = v[0].buf, *lengths = v[1].buf, *sizes = v[2].buf;
+    const Py_ssize_t n_ids = v[0].len / 8, n_docs = v[1].len / 8, n_batches = v[2].len / 8;
+    if (n_rows < 1 || n_rows > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "plan_pairs: n_rows out of range");
+        goto done;
+    }
+    Py_ssize_t total = 0, docs_total = 0, max_len = 0;
+    for (Py_ssize_t d = 0; d < n_docs; d++) {
+        if (lengths[d] < 0) break;
+        total += lengths[d];
+        if (lengths[d] > max_len) max_len = lengths[d];
+    }
+    for (Py_ssize_t b = 0; b < n_batches; b++) docs_total += sizes[b] < 0 ? -n_docs - 1 : sizes[b];
+    if (total != n_ids || docs_total != n_docs) {
+        PyErr_SetString(PyExc_ValueError, "plan_pairs: lengths, sizes and ids do not match");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n_ids; i++)
+        if (ids[i] < 0 || ids[i] >= n_rows) {
+            PyErr_Format(PyExc_ValueError, "plan_pairs: id %lld outside [0, %zd)",
+                         (long long)ids[i], n_rows);
+            goto done;
+        }
+    /* Distinct pairs are at most the ids. */
+    int64_t *rows, *pair_edges, *row_edges;
+    int32_t *docs, *row_starts, *fwd_rows, *doc_offsets;
+    float *weights, *fwd_weights;
+    if (!(out[0] = new_array(n_ids, 8, (void **)&rows)) ||
+        !(out[1] = new_array(n_ids, 4, (void **)&docs)) ||
+        !(out[2] = new_array(n_ids, 4, (void **)&weights)) ||
+        !(out[3] = new_array(n_ids, 4, (void **)&row_starts)) ||
+        !(out[4] = new_array(n_batches + 1, 8, (void **)&pair_edges)) ||
+        !(out[5] = new_array(n_batches + 1, 8, (void **)&row_edges)) ||
+        !(out[6] = new_array(n_ids, 4, (void **)&fwd_rows)) ||
+        !(out[7] = new_array(n_ids, 4, (void **)&fwd_weights)) ||
+        !(out[8] = new_array(n_docs + 1, 4, (void **)&doc_offsets)))
+        goto done;
+    count = PyMem_Calloc(n_rows + 1, sizeof(int64_t));
+    entries = PyMem_Malloc((n_ids + 1) * sizeof(int64_t));
+    touched = PyMem_Malloc((n_ids + 1) * sizeof(int64_t));
+    doc_fill = PyMem_Malloc((n_docs + 1) * sizeof(int32_t));
+    if (!count || !entries || !touched || !doc_fill) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t id_at = 0, doc_at = 0, n_pairs = 0, n_distinct = 0;
+    for (Py_ssize_t b = 0; b < n_batches; b++) {
+        pair_edges[b] = n_pairs;
+        row_edges[b] = n_distinct;
+        const Py_ssize_t d0 = doc_at, d1 = doc_at + sizes[b], i0 = id_at;
+        /* 1. Occurrences per row, and the rows touched. */
+        Py_ssize_t n_touched = 0;
+        for (Py_ssize_t d = d0; d < d1; d++)
+            for (Py_ssize_t k = 0; k < lengths[d]; k++, id_at++) {
+                const int64_t r = ids[id_at];
+                if (count[r]++ == 0) touched[n_touched++] = r;
+            }
+        /* 2. Rows in ascending order: a scan of the table when that is cheaper than a sort. */
+        if (n_touched * 16 >= n_rows) {
+            Py_ssize_t t = 0;
+            for (Py_ssize_t r = 0; r < n_rows; r++)
+                if (count[r]) touched[t++] = r;
+        } else {
+            /* LSD radix sort of the touched rows, 11 bits a pass, via entries as scratch. */
+            int64_t *a = touched, *tmp = entries;
+            for (int shift = 0; shift < 32; shift += 11) {
+                if (shift > 0 && (n_rows - 1) >> shift == 0) break;
+                Py_ssize_t bucket[2049] = {0};
+                for (Py_ssize_t t = 0; t < n_touched; t++) bucket[((a[t] >> shift) & 2047) + 1]++;
+                for (int k = 0; k < 2048; k++) bucket[k + 1] += bucket[k];
+                for (Py_ssize_t t = 0; t < n_touched; t++) tmp[bucket[(a[t] >> shift) & 2047]++] = a[t];
+                int64_t *swap = a;
+                a = tmp;
+                tmp = swap;
+            }
+            if (a != touched) memcpy(touched, a, n_touched * sizeof(int64_t));
+        }
+        /* 3. Each row's slot among the batch's occurrences (count becomes its start). */
+        int64_t start = 0;
+        for (Py_ssize_t t = 0; t < n_touched; t++) {
+            const int64_t r = touched[t], c = count[r];
+            count[r] = start;
+            start += c;
+        }
+        /* 4. Occurrences placed by row, documents ascending within a row (stable). */
+        id_at = i0;
+        for (Py_ssize_t d = d0; d < d1; d++)
+            for (Py_ssize_t k = 0; k < lengths[d]; k++, id_at++)
+                entries[count[ids[id_at]]++] = d - d0;
+        /* 5. Runs of equal (row, document): the distinct pairs with their counts. */
+        Py_ssize_t e = 0;
+        for (Py_ssize_t t = 0; t < n_touched; t++) {
+            const int64_t r = touched[t], end = count[r];
+            row_starts[n_distinct++] = (int32_t)n_pairs;
+            while (e < end) {
+                const int64_t doc = entries[e];
+                Py_ssize_t run = 0;
+                while (e < end && entries[e] == doc) e++, run++;
+                rows[n_pairs] = r;
+                docs[n_pairs] = (int32_t)doc;
+                weights[n_pairs] = (float)run / (float)lengths[d0 + doc];
+                n_pairs++;
+            }
+            count[r] = 0;
+        }
+        doc_at = d1;
+    }
+    pair_edges[n_batches] = n_pairs;
+    row_edges[n_batches] = n_distinct;
+    /* 6. The same pairs by document (chunk-wide), rows ascending within one. */
+    for (Py_ssize_t d = 0; d <= n_docs; d++) doc_fill[d] = 0;
+    Py_ssize_t pair = 0;
+    {  /* a pair's document in the chunk: its batch's first document + its own */
+        Py_ssize_t d0 = 0;
+        for (Py_ssize_t b = 0; b < n_batches; b++) {
+            for (pair = pair_edges[b]; pair < pair_edges[b + 1]; pair++)
+                doc_fill[d0 + docs[pair] + 1]++;
+            d0 += sizes[b];
+        }
+        for (Py_ssize_t d = 0; d < n_docs; d++) doc_fill[d + 1] += doc_fill[d];
+        for (Py_ssize_t d = 0; d <= n_docs; d++) doc_offsets[d] = doc_fill[d];
+        d0 = 0;
+        for (Py_ssize_t b = 0; b < n_batches; b++) {
+            for (pair = pair_edges[b]; pair < pair_edges[b + 1]; pair++) {
+                const int32_t at = doc_fill[d0 + docs[pair]]++;
+                fwd_rows[at] = (int32_t)rows[pair];
+                fwd_weights[at] = weights[pair];
+            }
+            d0 += sizes[b];
+        }
+    }
+    Py_END_ALLOW_THREADS
+    {
+        const Py_ssize_t n_pairs_all = pair_edges[n_batches], n_rows_all = row_edges[n_batches];
+        if (PyByteArray_Resize(out[0], n_pairs_all * 8) < 0 ||
+            PyByteArray_Resize(out[1], n_pairs_all * 4) < 0 ||
+            PyByteArray_Resize(out[2], n_pairs_all * 4) < 0 ||
+            PyByteArray_Resize(out[3], n_rows_all * 4) < 0 ||
+            PyByteArray_Resize(out[6], n_pairs_all * 4) < 0 ||
+            PyByteArray_Resize(out[7], n_pairs_all * 4) < 0)
+            goto done;
+    }
+    result = PyTuple_New(9);
+    if (result != NULL)
+        for (int i = 0; i < 9; i++) PyTuple_SET_ITEM(result, i, Py_NewRef(out[i]));
+done:
+    PyMem_Free(count);
+    PyMem_Free(entries);
+    PyMem_Free(touched);
+    PyMem_Free(doc_fill);
+    for (int i = 0; i < 9; i++) Py_XDECREF(out[i]);
+    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", py_scan, METH_VARARGS,
      "scan(text, lengths, max_tokens) -> (starts, ends, per_doc, h1, h2): the word tokens of "
@@ -411,14 +594,17 @@ static PyMethodDef methods[] = {
      "word's own id then its char n-gram ids, fastText's hashing."},
     {"find", py_find, METH_VARARGS,
      "find(key1, key2, value, bits, h1, h2) -> int64 value of each key, -1 if absent."},
+    {"plan_pairs", py_plan_pairs, METH_VARARGS,
+     "plan_pairs(ids, lengths, sizes, n_rows): a chunk of batches' distinct (row, document) "
+     "pairs, by row and by document (see torch_models._chunk_pairs)."},
     {"place", py_place, METH_VARARGS,
      "place(key1, key2, value, bits, h1, h2, values): insert new distinct keys in place."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_featurize", "The hashed featurizer's hot loops (C).", -1, methods,
+    PyModuleDef_HEAD_INIT, "_kernels", "The bundled models' hot loops (C).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__featurize(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
