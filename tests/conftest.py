@@ -15,6 +15,27 @@ REPO = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run of ``test_runner.write_spec``'s tiny spec (local executor, two seeds),
+    made once per session. Tests that may write into a run copy it first (``copy_run``)."""
+    from click.testing import CliRunner
+    from test_runner import write_spec
+
+    from xleval.cli.main import build_cli
+
+    tmp = tmp_path_factory.mktemp("tiny-run")
+    spec = write_spec(tmp)
+    result = CliRunner().invoke(build_cli(), ["run", str(spec), "--out", str(tmp / "run"), "-q"])
+    assert result.exit_code == 0, result.output
+    return tmp / "run"
+
+
+def copy_run(run: Path, into: Path) -> Path:
+    """A private copy of a finished run directory."""
+    return Path(shutil.copytree(run, into / "run"))
+
+
+@pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding the example, broken and misbehaving fixture plugins, installed by pip.
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import copy_run
 from test_runner import metrics_of, write_spec
 
 from xleval.cli.main import build_cli
@@ -91,12 +92,8 @@ def test_init_writes_a_valid_starter_and_refuses_to_overwrite(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("run")
-    spec = write_spec(tmp)
-    result = CliRunner().invoke(build_cli(), ["run", str(spec), "--out", str(tmp / "run"), "-q"])
-    assert result.exit_code == 0, result.output
-    return tmp / "run"
+def finished_run(tiny_run, tmp_path_factory):
+    return copy_run(tiny_run, tmp_path_factory.mktemp("run"))
 
 
 def test_report_formats(finished_run, tmp_path):

@@ -12,10 +12,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from test_runner import write_spec
+from conftest import copy_run
 
-from xleval.cli.main import build_cli
 from xleval.plugin.manager import get_plugin_manager
 from xleval.report.build import read_report
 
@@ -51,12 +49,8 @@ class PageParser(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("html")
-    spec = write_spec(tmp)
-    result = CliRunner().invoke(build_cli(), ["run", str(spec), "--out", str(tmp / "run"), "-q"])
-    assert result.exit_code == 0, result.output
-    return tmp / "run"
+def run_dir(tiny_run, tmp_path_factory) -> Path:
+    return copy_run(tiny_run, tmp_path_factory.mktemp("html"))
 
 
 def poisoned(report: dict) -> dict:

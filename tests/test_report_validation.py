@@ -8,10 +8,7 @@ import json
 import random
 
 import pytest
-from click.testing import CliRunner
-from test_runner import write_spec
 
-from xleval.cli.main import build_cli
 from xleval.experiment.resources import load_schema
 from xleval.plugin.registry import schema_errors
 from xleval.report.build import ReportError, _report_validator, validate_report
@@ -22,12 +19,8 @@ WRONG = [None, "x", -1, 2.5, 1e9, True, [], {}, [1], {"extra": 1}]
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("validation")
-    spec = write_spec(tmp)
-    result = CliRunner().invoke(build_cli(), ["run", str(spec), "--out", str(tmp / "run"), "-q"])
-    assert result.exit_code == 0, result.output
-    return json.loads((tmp / "run" / "report.json").read_text(encoding="utf-8"))
+def report(tiny_run):
+    return json.loads((tiny_run / "report.json").read_text(encoding="utf-8"))
 
 
 def places(value, path=()):
