@@ -159,3 +159,59 @@ def test_row_kernel_switch(monkeypatch):
     assert not training.row_kernel_available()
     monkeypatch.delenv("XLEVAL_ROW_KERNEL")
     assert training.row_kernel_available()
+
+
+def exact_step(mode: int, table, total, grad: RowGradient, lr: float, eps: float) -> None:
+    """The kernel's arithmetic, operation by operation in float32 (numpy rounds each one as
+    C without FMA contraction does): what every build of the kernel must reproduce bit for
+    bit, whatever its vector width."""
+    import numpy as np
+
+    f32 = np.float32
+    table, total = table.numpy(), total.numpy()
+    rows, offsets = grad.rows.numpy(), grad.row_offsets.numpy()
+    docs, weights = grad.pair_docs.numpy(), grad.pair_weights.numpy()
+    hidden = grad.grad_hidden.numpy()
+    dim = table.shape[1]
+    n16 = dim // 16
+    for r, row in enumerate(rows.tolist()):
+        end = offsets[r + 1] if r + 1 < len(rows) else len(docs)
+        g = np.zeros(dim, dtype=f32)
+        for p in range(offsets[r], end):
+            g = g + weights[p] * hidden[docs[p]]  # elementwise, in pair order
+        if mode == 0:
+            table[row] = table[row] + g
+        elif mode == 1:
+            lanes = np.zeros(16, dtype=f32)
+            for j in range(n16):
+                part = g[16 * j : 16 * j + 16]
+                lanes = lanes + part * part
+            total_sum = f32(0.0)
+            for k in range(16):
+                total_sum = f32(total_sum + lanes[k])
+            for e in range(16 * n16, dim):
+                total_sum = f32(total_sum + g[e] * g[e])
+            total[row] = f32(total[row] + f32(total_sum / f32(dim)))
+            scale = f32(f32(f32(1.0) / f32(np.sqrt(total[row]) + f32(eps))) * f32(-lr))
+            table[row] = table[row] + g * scale
+        else:
+            s = total[row * dim : (row + 1) * dim]
+            s[:] = s + g * g
+            table[row] = table[row] + (g / (np.sqrt(s) + f32(eps))) * f32(-lr)
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+@pytest.mark.parametrize("dim", [1, 7, 8, 16, 24, 64, 70])  # around the 8- and 16-float groups
+def test_the_kernel_reproduces_its_documented_arithmetic_bit_for_bit(mode, dim):
+    table, grad = random_gradient(30, dim, docs=5, seed=dim + 100 * mode)
+    total = torch.rand(30 * (dim if mode == 2 else 1))  # some optimiser state already there
+    expected_table, expected_total = table.clone(), total.clone()
+    for lr in (0.5, 0.2):
+        kernels.apply_rows(
+            mode, dim, table.numpy(), total.numpy(), grad.rows.numpy(),
+            grad.row_offsets.numpy(), grad.pair_docs.numpy(), grad.pair_weights.numpy(),
+            grad.grad_hidden.numpy(), lr, 1e-10,
+        )  # fmt: skip
+        exact_step(mode, expected_table, expected_total, grad, lr, 1e-10)
+    assert torch.equal(table, expected_table)
+    assert torch.equal(total, expected_total)

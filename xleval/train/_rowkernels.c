@@ -33,20 +33,48 @@
 #define MODE_ADAGRAD 2
 #define PREFETCH_ROWS 8
 
-typedef float v16 __attribute__((vector_size(64)));
+typedef float v8 __attribute__((vector_size(32)));
 
-/* Unaligned 16-float load / add-store (rows are 4-byte aligned only). */
-#define LOAD16(dst, src) memcpy(&(dst), (src), sizeof(v16))
-#define STORE16(dst, src) memcpy((dst), &(src), sizeof(v16))
+/* Unaligned 8-float load / store (rows are 4-byte aligned only). Eight floats are one AVX
+ * register: wider vectors made GCC move halves through the stack on AVX2 machines, where
+ * the store-to-load forwarding stalled the sums (3-5x slower steps on an AMD EPYC). */
+#define LOAD8(dst, src) memcpy(&(dst), (src), sizeof(v8))
+#define STORE8(dst, src) memcpy((dst), &(src), sizeof(v8))
 
-XL_CLONES
-static void apply_rows(int mode, float *table, int64_t dim, float *total, const int64_t *rows,
-                       int64_t n_rows, const int32_t *row_offsets, int64_t n_pairs,
-                       const int32_t *pair_docs, const float *pair_weights,
-                       const float *grad_hidden, float lr, float eps) {
-    const int64_t nv = dim / 16, rest = dim % 16;
-    v16 v[nv > 0 ? nv : 1], x;  /* the row's gradient, kept in registers / L1 */
-    float tail[16];
+/* One row's gradient, g[e] = sum over its pairs p of weight[p] * grad_hidden[doc[p], e],
+ * each element summed in pair order (the same bits at any vector width). */
+static inline __attribute__((always_inline)) void row_gradient(
+    float *g, const int64_t dim, int64_t p0, int64_t p1, const int32_t *pair_docs,
+    const float *pair_weights, const float *grad_hidden) {
+    const int64_t n8 = dim / 8;
+    v8 x, y;
+    for (int64_t e = 0; e < dim; e++) g[e] = 0.0f;
+    for (int64_t p = p0; p < p1; p++) {
+        const float w = pair_weights[p];
+        const float *h = grad_hidden + (int64_t)pair_docs[p] * dim;
+        for (int64_t j = 0; j < n8; j++) {
+            LOAD8(x, h + 8 * j);
+            LOAD8(y, g + 8 * j);
+            y += w * x;
+            STORE8(g + 8 * j, y);
+        }
+        for (int64_t e = 8 * n8; e < dim; e++) g[e] += w * h[e];
+    }
+}
+
+/* The step on each distinct row: its gradient summed from its pairs, then
+ *   SGD (mode 0, grad_hidden pre-multiplied by -lr):  w += g
+ *   row-wise Adagrad (mode 1):  s_r += mean(g^2);  w -= lr g / (sqrt(s_r) + eps)
+ *   Adagrad (mode 2):           s   += g^2;        w -= lr g / (sqrt(s) + eps)
+ * mean(g^2) sums the squares in 16 lanes (lane k: elements k, k + 16, ... of the whole
+ * 16-element groups, in order), then the lanes 0..15, then the elements after the last
+ * whole group one by one: the order every build of this file keeps. */
+static inline __attribute__((always_inline)) void apply_rows_body(
+    int mode, float *table, const int64_t dim, float *total, const int64_t *rows,
+    int64_t n_rows, const int32_t *row_offsets, int64_t n_pairs, const int32_t *pair_docs,
+    const float *pair_weights, const float *grad_hidden, float lr, float eps, float *g) {
+    const int64_t n8 = dim / 8, n16 = dim / 16;
+    v8 x;
     for (int64_t r = 0; r < n_rows; r++) {
         if (r + PREFETCH_ROWS < n_rows) {
             const char *next = (const char *)(table + rows[r + PREFETCH_ROWS] * dim);
@@ -55,49 +83,60 @@ static void apply_rows(int mode, float *table, int64_t dim, float *total, const 
         }
         const int64_t p0 = row_offsets[r];
         const int64_t p1 = r + 1 < n_rows ? row_offsets[r + 1] : n_pairs;
-        for (int64_t j = 0; j < nv; j++) v[j] = (v16){0};
-        for (int64_t j = 0; j < rest; j++) tail[j] = 0.0f;
-        for (int64_t p = p0; p < p1; p++) {
-            const float w = pair_weights[p];
-            const float *g = grad_hidden + (int64_t)pair_docs[p] * dim;
-            for (int64_t j = 0; j < nv; j++) {
-                LOAD16(x, g + 16 * j);
-                v[j] += w * x;
-            }
-            for (int64_t j = 0; j < rest; j++) tail[j] += w * g[16 * nv + j];
-        }
+        row_gradient(g, dim, p0, p1, pair_docs, pair_weights, grad_hidden);
         const int64_t row = rows[r];
         float *t = table + row * dim;
-        if (mode == MODE_SGD) {  /* grad_hidden came pre-multiplied by -lr */
-            for (int64_t j = 0; j < nv; j++) {
-                LOAD16(x, t + 16 * j);
-                x += v[j];
-                STORE16(t + 16 * j, x);
+        if (mode == MODE_SGD) {
+            for (int64_t j = 0; j < n8; j++) {
+                v8 v;
+                LOAD8(x, t + 8 * j);
+                LOAD8(v, g + 8 * j);
+                x += v;
+                STORE8(t + 8 * j, x);
             }
-            for (int64_t j = 0; j < rest; j++) t[16 * nv + j] += tail[j];
-        } else if (mode == MODE_ROWWISE_ADAGRAD) {  /* s_r += mean(g^2); w -= lr g / (sqrt(s_r) + eps) */
-            v16 acc = {0};
-            for (int64_t j = 0; j < nv; j++) acc += v[j] * v[j];
+            for (int64_t e = 8 * n8; e < dim; e++) t[e] += g[e];
+        } else if (mode == MODE_ROWWISE_ADAGRAD) {
+            v8 lo = {0}, hi = {0}, v;
+            for (int64_t j = 0; j < n16; j++) {
+                LOAD8(v, g + 16 * j);
+                lo += v * v;
+                LOAD8(v, g + 16 * j + 8);
+                hi += v * v;
+            }
             float sum = 0.0f;
-            for (int k = 0; k < 16; k++) sum += acc[k];
-            for (int64_t j = 0; j < rest; j++) sum += tail[j] * tail[j];
+            for (int k = 0; k < 8; k++) sum += lo[k];
+            for (int k = 0; k < 8; k++) sum += hi[k];
+            for (int64_t e = 16 * n16; e < dim; e++) sum += g[e] * g[e];
             total[row] += sum / (float)dim;
             const float scale = (1.0f / (sqrtf(total[row]) + eps)) * (-lr);
-            for (int64_t j = 0; j < nv; j++) {
-                LOAD16(x, t + 16 * j);
-                x += v[j] * scale;
-                STORE16(t + 16 * j, x);
+            for (int64_t j = 0; j < n8; j++) {
+                LOAD8(x, t + 8 * j);
+                LOAD8(v, g + 8 * j);
+                x += v * scale;
+                STORE8(t + 8 * j, x);
             }
-            for (int64_t j = 0; j < rest; j++) t[16 * nv + j] += tail[j] * scale;
+            for (int64_t e = 8 * n8; e < dim; e++) t[e] += g[e] * scale;
         } else {  /* MODE_ADAGRAD: one accumulator per weight */
             float *s = total + row * dim;
-            for (int64_t j = 0; j < dim; j++) {
-                const float g = j < 16 * nv ? v[j / 16][j % 16] : tail[j - 16 * nv];
-                s[j] += g * g;
-                t[j] += (g / (sqrtf(s[j]) + eps)) * (-lr);
+            for (int64_t e = 0; e < dim; e++) {
+                s[e] += g[e] * g[e];
+                t[e] += (g[e] / (sqrtf(s[e]) + eps)) * (-lr);
             }
         }
     }
+}
+
+XL_CLONES
+static void apply_rows(int mode, float *table, int64_t dim, float *total, const int64_t *rows,
+                       int64_t n_rows, const int32_t *row_offsets, int64_t n_pairs,
+                       const int32_t *pair_docs, const float *pair_weights,
+                       const float *grad_hidden, float lr, float eps, float *g) {
+    if (dim == 64)  /* the default width, its loops unrolled */
+        apply_rows_body(mode, table, 64, total, rows, n_rows, row_offsets, n_pairs, pair_docs,
+                        pair_weights, grad_hidden, lr, eps, g);
+    else
+        apply_rows_body(mode, table, dim, total, rows, n_rows, row_offsets, n_pairs, pair_docs,
+                        pair_weights, grad_hidden, lr, eps, g);
 }
 
 /* A C-contiguous buffer of items of `format` (one of "f", "i", "q"); TypeError otherwise. */
@@ -174,14 +213,20 @@ static PyObject *py_apply_rows(PyObject *self, PyObject *args) {
             goto done;
         }
     }
-    if (dim > 65536) {  /* the row's gradient lives on the stack */
+    if (dim > 65536) {
         PyErr_Format(PyExc_ValueError, "apply_rows: dim %zd above 65536", dim);
+        goto done;
+    }
+    float *g = PyMem_Malloc(dim * sizeof(float));  /* one row's gradient, in L1 */
+    if (g == NULL) {
+        PyErr_NoMemory();
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
     apply_rows(mode, views[0].buf, dim, views[1].buf, rows, n_rows, row_offsets, n_pairs,
-               pair_docs, views[5].buf, views[6].buf, lr, eps);
+               pair_docs, views[5].buf, views[6].buf, lr, eps, g);
     Py_END_ALLOW_THREADS
+    PyMem_Free(g);
     result = Py_NewRef(Py_None);
 done:
     for (int i = 0; i < got; i++) PyBuffer_Release(&views[i]);
