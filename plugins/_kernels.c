@@ -316,6 +316,25 @@ static inline Py_ssize_t home_slot(uint64_t h1, int bits) {
     return (Py_ssize_t)((h1 * GOLDEN) >> (64 - bits));
 }
 
+/* The hash table and keys that find and place take: key1, key2, value (2^bits slots each;
+ * writable for place), h1, h2 and, for place, values (one per key). */
+static int table_views(const char *fn, PyObject *const *objs, Py_buffer *v, int n_views,
+                       int writable, int bits, int *got) {
+    static const char *names[6] = {"key1", "key2", "value", "h1", "h2", "values"};
+    for (*got = 0; *got < n_views; (*got)++)
+        if (get_buffer(objs[*got], &v[*got], writable && *got < 3, 8, names[*got]) < 0)
+            return -1;
+    const Py_ssize_t slots = v[2].len / 8;
+    int ok = bits >= 1 && bits <= 62 && slots == ((Py_ssize_t)1 << bits) &&
+             v[0].len == v[2].len && v[1].len == v[2].len;
+    for (int i = 4; i < n_views; i++) ok &= v[i].len == v[3].len;
+    if (!ok) {
+        PyErr_Format(PyExc_ValueError, "%s: table or key sizes do not match", fn);
+        return -1;
+    }
+    return 0;
+}
+
 /* find(key1, key2, value, bits, h1, h2) -> int64 word index of each key, -1 if absent
  * (linear probing from featurize._home_slot, as SubwordTable.find). */
 static PyObject *py_find(PyObject *self, PyObject *args) {
@@ -325,18 +344,11 @@ static PyObject *py_find(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOiOO", &objs[0], &objs[1], &objs[2], &bits, &objs[3],
                           &objs[4]))
         return NULL;
-    static const char *names[5] = {"key1", "key2", "value", "h1", "h2"};
     Py_buffer v[5];
     int got = 0;
     PyObject *result = NULL;
-    for (; got < 5; got++)
-        if (get_buffer(objs[got], &v[got], 0, 8, names[got]) < 0) goto done;
+    if (table_views("find", objs, v, 5, 0, bits, &got) < 0) goto done;
     const Py_ssize_t slots = v[2].len / 8, n = v[3].len / 8;
-    if (bits < 1 || bits > 62 || slots != ((Py_ssize_t)1 << bits) || v[0].len != v[2].len ||
-        v[1].len != v[2].len || v[4].len != v[3].len) {
-        PyErr_SetString(PyExc_ValueError, "find: table or key sizes do not match");
-        goto done;
-    }
     int64_t *out;
     if (!(result = new_array(n, 8, (void **)&out))) goto done;
     const uint64_t *key1 = v[0].buf, *key2 = v[1].buf, *a = v[3].buf, *b = v[4].buf;
@@ -368,18 +380,11 @@ static PyObject *py_place(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOiOOO", &objs[0], &objs[1], &objs[2], &bits, &objs[3],
                           &objs[4], &objs[5]))
         return NULL;
-    static const char *names[6] = {"key1", "key2", "value", "h1", "h2", "values"};
     Py_buffer v[6];
     int got = 0;
     PyObject *result = NULL;
-    for (; got < 6; got++)
-        if (get_buffer(objs[got], &v[got], got < 3, 8, names[got]) < 0) goto done;
+    if (table_views("place", objs, v, 6, 1, bits, &got) < 0) goto done;
     const Py_ssize_t slots = v[2].len / 8, n = v[3].len / 8;
-    if (bits < 1 || bits > 62 || slots != ((Py_ssize_t)1 << bits) || v[0].len != v[2].len ||
-        v[1].len != v[2].len || v[4].len != v[3].len || v[5].len != v[3].len) {
-        PyErr_SetString(PyExc_ValueError, "place: table or key sizes do not match");
-        goto done;
-    }
     uint64_t *key1 = v[0].buf, *key2 = v[1].buf;
     int64_t *value = v[2].buf;
     const uint64_t *a = v[3].buf, *b = v[4].buf;
@@ -435,14 +440,17 @@ static PyObject *py_plan_pairs(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "plan_pairs: n_rows out of range");
         goto done;
     }
-    Py_ssize_t total = 0, docs_total = 0, max_len = 0;
+    Py_ssize_t total = 0, docs_total = 0;
+    int valid = 1;
     for (Py_ssize_t d = 0; d < n_docs; d++) {
-        if (lengths[d] < 0) break;
+        valid &= lengths[d] >= 0;
         total += lengths[d];
-        if (lengths[d] > max_len) max_len = lengths[d];
     }
-    for (Py_ssize_t b = 0; b < n_batches; b++) docs_total += sizes[b] < 0 ? -n_docs - 1 : sizes[b];
-    if (total != n_ids || docs_total != n_docs) {
+    for (Py_ssize_t b = 0; b < n_batches; b++) {
+        valid &= sizes[b] >= 0;
+        docs_total += sizes[b];
+    }
+    if (!valid || total != n_ids || docs_total != n_docs) {
         PyErr_SetString(PyExc_ValueError, "plan_pairs: lengths, sizes and ids do not match");
         goto done;
     }
@@ -539,27 +547,21 @@ static PyObject *py_plan_pairs(PyObject *self, PyObject *args) {
     }
     pair_edges[n_batches] = n_pairs;
     row_edges[n_batches] = n_distinct;
-    /* 6. The same pairs by document (chunk-wide), rows ascending within one. */
+    /* 6. The same pairs by document (chunk-wide), rows ascending within one: a counting
+     * sort on each pair's document in the chunk (its batch's first document + its own,
+     * kept in entries). */
     for (Py_ssize_t d = 0; d <= n_docs; d++) doc_fill[d] = 0;
-    Py_ssize_t pair = 0;
-    {  /* a pair's document in the chunk: its batch's first document + its own */
-        Py_ssize_t d0 = 0;
-        for (Py_ssize_t b = 0; b < n_batches; b++) {
-            for (pair = pair_edges[b]; pair < pair_edges[b + 1]; pair++)
-                doc_fill[d0 + docs[pair] + 1]++;
-            d0 += sizes[b];
+    for (Py_ssize_t b = 0, d0 = 0; b < n_batches; d0 += sizes[b], b++)
+        for (Py_ssize_t pair = pair_edges[b]; pair < pair_edges[b + 1]; pair++) {
+            entries[pair] = d0 + docs[pair];
+            doc_fill[entries[pair] + 1]++;
         }
-        for (Py_ssize_t d = 0; d < n_docs; d++) doc_fill[d + 1] += doc_fill[d];
-        for (Py_ssize_t d = 0; d <= n_docs; d++) doc_offsets[d] = doc_fill[d];
-        d0 = 0;
-        for (Py_ssize_t b = 0; b < n_batches; b++) {
-            for (pair = pair_edges[b]; pair < pair_edges[b + 1]; pair++) {
-                const int32_t at = doc_fill[d0 + docs[pair]]++;
-                fwd_rows[at] = (int32_t)rows[pair];
-                fwd_weights[at] = weights[pair];
-            }
-            d0 += sizes[b];
-        }
+    for (Py_ssize_t d = 0; d < n_docs; d++) doc_fill[d + 1] += doc_fill[d];
+    for (Py_ssize_t d = 0; d <= n_docs; d++) doc_offsets[d] = doc_fill[d];
+    for (Py_ssize_t pair = 0; pair < n_pairs; pair++) {
+        const int32_t at = doc_fill[entries[pair]]++;
+        fwd_rows[at] = (int32_t)rows[pair];
+        fwd_weights[at] = weights[pair];
     }
     Py_END_ALLOW_THREADS
     {

@@ -213,7 +213,7 @@ def _chunk_pairs(
     """:func:`_grouped_pairs` of a few whole batches."""
     kernels = compiled_kernels()
     if kernels is not None:
-        return _slice_batches(kernels.plan_pairs(
+        return _compiled_chunk(kernels.plan_pairs(
             np.ascontiguousarray(ids, dtype=np.int64),
             np.ascontiguousarray(lengths, dtype=np.int64),
             np.ascontiguousarray(sizes, dtype=np.int64),
@@ -268,7 +268,7 @@ def _chunk_pairs(
     )  # fmt: skip
 
 
-def _slice_batches(planned: tuple[Any, ...], sizes: np.ndarray) -> list[tuple[torch.Tensor, ...]]:
+def _compiled_chunk(planned: tuple[Any, ...], sizes: np.ndarray) -> list[tuple[torch.Tensor, ...]]:
     """The compiled planner's chunk (``_kernels.plan_pairs``) as :func:`_batch_slices`."""
 
     def tensor(buffer: Any, dtype: Any) -> torch.Tensor:

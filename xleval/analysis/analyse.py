@@ -340,16 +340,14 @@ class Estimator:
         return np.round(total).astype(np.int64)
 
 
-def interval_fields(
-    estimate: SeedsAndExamples | None, confidence: float, ci: list[float] | None
-) -> dict[str, Any]:
-    """The interval of an estimate as the report stores it (with why it is missing); ``ci``:
-    its interval over seeds and examples (:func:`~xleval.analysis.stats.intervals` computes
-    many at once)."""
+def interval_fields(estimate: SeedsAndExamples | None, confidence: float) -> dict[str, Any]:
+    """The intervals of an estimate as the report stores them (with why they are missing);
+    ``ci``, over seeds and examples, is left None for the caller to fill in from
+    :func:`~xleval.analysis.stats.intervals`, which computes many at once."""
     if estimate is None:
         return {"ci": None, "ci_examples": None, "ci_reason": "missing cells or values"}
     return {
-        "ci": ci,
+        "ci": None,
         "ci_examples": estimate.conditional_interval(confidence),
         "ci_reason": estimate.reason,
     }
@@ -423,7 +421,7 @@ def aggregate(
                 "mean": _finite_or_none(over_seeds["mean"]),
                 "std": _finite_or_none(over_seeds["std"]),
                 "n": over_seeds["n"],
-                **interval_fields(estimate, confidence, None),
+                **interval_fields(estimate, confidence),
                 "ci_seeds": over_seeds["ci"]
                 if _finite_or_none(over_seeds["mean"]) is not None
                 else None,
@@ -435,9 +433,8 @@ def aggregate(
                 entry |= shots_used(by_seed, n_labels)
             out.append(entry)
             estimates.append(estimate)
-    for entry, estimate, ci in zip(out, estimates, intervals(estimates, confidence), strict=True):
-        if estimate is not None:
-            entry["ci"] = ci
+    for entry, ci in zip(out, intervals(estimates, confidence), strict=True):
+        entry["ci"] = ci
     return out
 
 

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 import numpy as np
 
@@ -247,40 +247,48 @@ class SeedsAndExamples:
         return t_p_value(self.mean / math.sqrt(self.conditional), self.conditional_df)
 
 
-def _batches(estimates: Sequence[SeedsAndExamples | None]) -> dict[tuple[float, bool], list[int]]:
-    """Indices of the testable estimates with some variance, by what fixes their
-    integration grids (the seeds' degrees of freedom; whether the examples' are few), so
-    that a batch gives each estimate exactly the numbers it gets alone."""
+def _integrate(
+    estimates: Sequence[SeedsAndExamples | None],
+    function: Callable[..., np.ndarray],
+    first: Callable[[list[SeedsAndExamples]], Any],
+) -> dict[int, float]:
+    """index -> ``function(first(batch), seeds_parts, seeds_df, examples_ms, examples_dfs,
+    residuals)``'s value (:func:`fiducial_p_values` or :func:`fiducial_half_widths`) for
+    every testable estimate with some variance. Estimates are integrated in batches of what
+    fixes their grids (the seeds' degrees of freedom; whether the examples' are few), so a
+    batch gives each estimate exactly the number it gets alone."""
     groups: dict[tuple[float, bool], list[int]] = {}
     for i, e in enumerate(estimates):
         if e is not None and e.testable and e.variance != 0.0:
-            few = not bool(np.asarray(e.examples_df, dtype=np.float64) >= 8)
-            groups.setdefault((e.seeds_df, few), []).append(i)
-    return groups
+            groups.setdefault((e.seeds_df, not e.examples_df >= 8), []).append(i)
+    out: dict[int, float] = {}
+    for (seeds_df, _), index in groups.items():
+        batch = [cast(SeedsAndExamples, estimates[i]) for i in index]
+        values = function(
+            first(batch),
+            [e.seeds_part for e in batch],
+            seeds_df,
+            [e.examples_ms for e in batch],
+            [e.examples_df for e in batch],
+            [e.residual for e in batch],
+        )
+        out.update(zip(index, values.tolist(), strict=True))
+    return out
 
 
-def _columns(picked: Sequence[SeedsAndExamples]) -> tuple[list[float], ...]:
-    return (
-        [e.seeds_part for e in picked],
-        [e.examples_ms for e in picked],
-        [e.examples_df for e in picked],
-        [e.residual for e in picked],
-    )
+def _no_variance(estimate: SeedsAndExamples | None) -> TypeGuard[SeedsAndExamples]:
+    return estimate is not None and estimate.testable and estimate.variance == 0.0
 
 
 def p_values(estimates: Sequence[SeedsAndExamples | None]) -> list[float | None]:
     """:meth:`SeedsAndExamples.p_value` of many estimates (None stays None), integrated
     together: one vectorised pass per batch instead of one per estimate, same numbers."""
-    out: list[float | None] = [None] * len(estimates)
-    for i, e in enumerate(estimates):
-        if e is not None and e.testable and e.variance == 0.0:
-            out[i] = 1.0 if e.mean == 0.0 else None
-    for (seeds_df, _), index in _batches(estimates).items():
-        picked = [cast(SeedsAndExamples, estimates[i]) for i in index]
-        seeds, ms, dfs, residuals = _columns(picked)
-        found = fiducial_p_values([e.mean for e in picked], seeds, seeds_df, ms, dfs, residuals)
-        for i, p in zip(index, found.tolist(), strict=True):
-            out[i] = p
+    out: list[float | None] = [
+        (1.0 if e.mean == 0.0 else None) if _no_variance(e) else None for e in estimates
+    ]
+    found = _integrate(estimates, fiducial_p_values, lambda batch: [e.mean for e in batch])
+    for i, p in found.items():
+        out[i] = p
     return out
 
 
@@ -290,16 +298,14 @@ def intervals(
     """:meth:`SeedsAndExamples.interval` of many estimates (None stays None), their root
     searches vectorised together: same numbers, a fraction of the time for a report's
     thousands of intervals (benchmarks/report_scaling.py)."""
-    out: list[list[float] | None] = [None] * len(estimates)
-    for i, e in enumerate(estimates):
-        if e is not None and e.testable and e.variance == 0.0:
-            out[i] = [e.mean - 0.0, e.mean + 0.0]  # as a zero half-width gives (-0.0 too)
-    for (seeds_df, _), index in _batches(estimates).items():
-        picked = [cast(SeedsAndExamples, estimates[i]) for i in index]
-        seeds, ms, dfs, residuals = _columns(picked)
-        halves = fiducial_half_widths(1.0 - confidence, seeds, seeds_df, ms, dfs, residuals)
-        for i, e, half in zip(index, picked, halves.tolist(), strict=True):
-            out[i] = [e.mean - half, e.mean + half]
+    # no variance: a zero half-width (mean ± 0.0: -0.0 gives [-0.0, 0.0], as it always did)
+    out: list[list[float] | None] = [
+        [e.mean - 0.0, e.mean + 0.0] if _no_variance(e) else None for e in estimates
+    ]
+    found = _integrate(estimates, fiducial_half_widths, lambda _: 1.0 - confidence)
+    for i, half in found.items():
+        mean = cast(SeedsAndExamples, estimates[i]).mean
+        out[i] = [mean - half, mean + half]
     return out
 
 
