@@ -587,7 +587,42 @@ done:
     return result;
 }
 
+/* fill_uniform(out, a, b, c, counter, scale): ``out`` (float32, writable) filled with
+ * ((u >> 8) * 2^-24 - 0.5) * scale for successive 32-bit outputs u of numpy's SFC64 generator
+ * from state (a, b, c, counter), exactly what ``Generator(SFC64).random(dtype=float32)``
+ * followed by numpy's float32 subtract and multiply gives (torch_models.uniform_table): one
+ * pass over the table instead of three. Each 64-bit output gives two floats, its low half
+ * first (numpy's sfc64_next32); a fresh generator holds no buffered half. */
+static PyObject *py_fill_uniform(PyObject *self, PyObject *args) {
+    PyObject *obj;
+    unsigned long long a, b, c, counter;
+    float scale;
+    if (!PyArg_ParseTuple(args, "OKKKKf", &obj, &a, &b, &c, &counter, &scale)) return NULL;
+    Py_buffer view;
+    if (get_buffer(obj, &view, 1, sizeof(float), "out") < 0) return NULL;
+    float *out = (float *)view.buf;
+    const Py_ssize_t n = view.len / (Py_ssize_t)sizeof(float);
+    uint64_t s0 = a, s1 = b, s2 = c, s3 = counter;
+    const float unit = 1.0f / 16777216.0f;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i += 2) {
+        const uint64_t tmp = s0 + s1 + s3++;
+        s0 = s1 ^ (s1 >> 11);
+        s1 = s2 + (s2 << 3);
+        s2 = ((s2 << 24) | (s2 >> 40)) + tmp;
+        out[i] = ((float)((uint32_t)tmp >> 8) * unit - 0.5f) * scale;
+        if (i + 1 < n) out[i + 1] = ((float)((uint32_t)(tmp >> 32) >> 8) * unit - 0.5f) * scale;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"fill_uniform", py_fill_uniform, METH_VARARGS,
+     "fill_uniform(out, a, b, c, counter, scale): a float32 buffer filled as numpy's SFC64 "
+     "random(dtype=float32) from that state, minus 0.5, times scale."},
+
     {"scan", py_scan, METH_VARARGS,
      "scan(text, lengths, max_tokens) -> (starts, ends, per_doc, h1, h2): the word tokens of "
      "documents joined by one non-word character, as bytearrays (int64 / uint64)."},

@@ -195,6 +195,23 @@ def test_the_compiled_planner_plans_exactly_as_numpy(monkeypatch, n_rows, seed):
 
 
 @needs_kernels
+@pytest.mark.parametrize(("rows", "dim"), [(200_000, 64), (7, 3), (1, 1), (33, 5), (0, 4)])
+def test_the_compiled_table_init_draws_numpys_bits(monkeypatch, rows, dim):
+    """_kernels.fill_uniform continues numpy's SFC64 stream (odd sizes: a last 64-bit draw
+    half used) and shifts and scales in float32 as numpy does."""
+    tables = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv("XLEVAL_PLUGIN_KERNELS", switch)
+        torch.manual_seed(rows + dim)
+        tables.append(models_plugin.uniform_table(rows, dim))
+    fast, slow = tables
+    assert fast.shape == slow.shape == (rows, dim) and fast.dtype == slow.dtype == torch.float32
+    assert torch.equal(fast.view(torch.int32), slow.view(torch.int32))
+    if rows * dim > 1:
+        assert fast.abs().max() <= 1.0 / dim and fast.std() > 0.4 / dim  # U[-1/dim, 1/dim)
+
+
+@needs_kernels
 def test_training_with_and_without_the_compiled_loops_gives_identical_weights(builder, monkeypatch):
     texts, labels = corpus(12, seed=11)
     weights = []
