@@ -45,6 +45,7 @@ from xleval.api.errors import (
     MethodError,
     OptionsError,
     PluginOutputError,
+    PluginUnavailable,
     XlevalError,
 )
 from xleval.api.hookspecs import Register, hookimpl
@@ -71,6 +72,7 @@ __all__ = [
     "MultilingualDataset",
     "OptionsError",
     "PluginOutputError",
+    "PluginUnavailable",
     "Register",
     "Reporter",
     "Scorer",

@@ -16,6 +16,7 @@ __all__ = [
     "PluginError",
     "PluginLoadError",
     "PluginOutputError",
+    "PluginUnavailable",
     "SpecError",
     "TrainingDivergedError",
     "UnknownComponentError",
@@ -35,6 +36,12 @@ class PluginError(XlevalError):
 
 class PluginLoadError(PluginError):
     """A plugin failed to import or register; raised when its components are used."""
+
+
+class PluginUnavailable(PluginError):
+    """Raised by a plugin's registry hook, after registering, when what its components need
+    is not installed (e.g. an optional extra): they stay listed, marked unavailable, and
+    each use of one says what to install. Nothing else about the run changes."""
 
 
 class PluginCodeError(PluginError):

@@ -50,7 +50,12 @@ def xleval_register_models(register: Register) -> None:
     transfer or training, with the texts the model will be trained on (for parameters
     that depend on them, e.g. a per-training-set vocabulary). Embedding modules with
     ``sparse=True`` get sparse-capable optimisers; parameters with
-    ``requires_grad=False`` are not trained.
+    ``requires_grad=False`` are not trained. Optional on the model:
+    ``training_overrides``, a mapping of trainer options (optimizer, lr, batch_size, ...)
+    that win over the spec's training options for it (an encoder's own options). Optional
+    on the builder: ``identity() -> JSON data`` naming what outside the spec decides its
+    models' results (e.g. weight file hashes): it enters the cell keys, so changed files
+    are recomputed, and the report.
     """
 
 

@@ -19,7 +19,12 @@ import pluggy
 
 from xleval.api import hookspecs
 from xleval.api.hookspecs import KIND_HOOKS
-from xleval.errors import DuplicateComponentError, PluginError, PluginLoadError
+from xleval.errors import (
+    DuplicateComponentError,
+    PluginError,
+    PluginLoadError,
+    PluginUnavailable,
+)
 from xleval.plugin.registry import KIND_LABELS, Component, Registry
 
 ENTRY_POINT_GROUP = "xleval"
@@ -35,7 +40,7 @@ class PluginRecord:
     module: str
     distribution: str | None = None
     version: str | None = None
-    status: str = "ok"  # ok | failed | disabled | conflict
+    status: str = "ok"  # ok | failed | disabled | conflict | unavailable
     error: str | None = None
     traceback: str | None = None
     components: dict[str, list[str]] = field(default_factory=dict)
@@ -242,13 +247,15 @@ def collect_components(pm: XlevalPluginManager) -> None:
 
             try:
                 impl.function(register=register)
+            except PluginUnavailable as exc:
+                record.fail(str(exc), status="unavailable")
             except (Exception, SystemExit) as exc:
                 record.fail(exc, hook=hook_name)
             record.components.setdefault(kind, []).extend(added)
     for record in pm.records.values():
-        if record.status != "failed":
+        if record.status not in ("failed", "unavailable"):
             continue
-        pm.registry.failed_plugins[record.name] = record.error or "failed"
+        pm.registry.failed_plugins[record.name] = record.error or record.status
         for kind, names in record.components.items():  # a half-registered plugin is unusable
             for name in names:
                 stored = pm.registry.peek(kind, name)
@@ -258,7 +265,9 @@ def collect_components(pm: XlevalPluginManager) -> None:
                     kind,
                     name,
                     PluginLoadError(
-                        f"{KIND_LABELS[kind]} '{name}' is unavailable: plugin "
+                        f"{KIND_LABELS[kind]} '{name}' is unavailable: {record.error}"
+                        if record.status == "unavailable"
+                        else f"{KIND_LABELS[kind]} '{name}' is unavailable: plugin "
                         f"'{record.name}' failed to register: {record.error}"
                     ),
                 )

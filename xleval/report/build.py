@@ -55,12 +55,19 @@ def git_commit(cwd: Path | None = None) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def environment(pm: XlevalPluginManager) -> dict[str, Any]:
+def environment(pm: XlevalPluginManager, spec: ExperimentSpec | None = None) -> dict[str, Any]:
     from importlib import metadata
 
+    from xleval.run.provenance import model_identity
     from xleval.train.rowkernel import row_kernel_available
 
+    models: dict[str, Any] = {}
+    for m in spec.methods if spec is not None else ():
+        identity = model_identity(pm, m.model.name, m.model.options)
+        if identity is not None:
+            models[m.label] = identity
     return {
+        **({"models": models} if models else {}),
         "python": sys.version.split()[0],
         "torch": metadata.version("torch"),
         "row_kernel": row_kernel_available(),
@@ -143,7 +150,7 @@ def build_report(
         "xleval_version": __version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "spec": spec.to_json(),
-        "environment": environment(pm),
+        "environment": environment(pm, spec),
         "dataset": {
             "name": dataset.name,
             "options": spec.dataset.options,

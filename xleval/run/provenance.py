@@ -22,6 +22,7 @@ import functools
 import hashlib
 import importlib.machinery
 import importlib.util
+import json
 import os
 import platform
 import sys
@@ -333,7 +334,35 @@ def method_environments(
 ) -> dict[str, dict[str, Any]]:
     """Method label -> the key environment of that method's cells."""
     memo = {} if memo is None else memo
-    return {m.label: key_environment(pm, component_refs(spec, m.label), memo) for m in spec.methods}
+    out = {}
+    for m in spec.methods:
+        out[m.label] = key_environment(pm, component_refs(spec, m.label), memo)
+        identity = model_identity(pm, m.model.name, m.model.options, memo)
+        if identity is not None:
+            out[m.label]["model"] = identity
+    return out
+
+
+def model_identity(
+    pm: Any, name: str, options: dict[str, Any], memo: dict[Any, Any] | None = None
+) -> Any:
+    """What the model builder says decides its results beyond the spec (its optional
+    ``identity()``, e.g. weight file hashes), or None. A builder that raises here raises
+    before any cell runs (e.g. a model directory that is gone)."""
+    from xleval.plugin.registry import plugin_code
+
+    key = ("model identity", name, json.dumps(options, sort_keys=True, default=str))
+    memo = {} if memo is None else memo
+    if key not in memo:
+        try:
+            component = pm.registry.get("models", name)
+        except (UnknownComponentError, PluginLoadError):
+            return None
+        builder = component.build(options)
+        identity = getattr(builder, "identity", None)
+        with plugin_code(component, "identity()"):
+            memo[key] = identity() if callable(identity) else None
+    return memo[key]
 
 
 # -- differences, in words ----------------------------------------------------------------

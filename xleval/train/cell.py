@@ -284,9 +284,10 @@ class RunningCell:
         return cached
 
 
-def concat_batches(parts: Sequence[Any]) -> Any:
+def concat_batches(parts: Sequence[Any]) -> Any | None:
     """Featurized batches one after another: ``type(parts[0]).concat(parts)`` or Tensors'
-    ``torch.cat``."""
+    ``torch.cat``; None when the batch type has no ``concat`` (the caller featurizes the
+    texts instead)."""
     import torch
 
     if len(parts) == 1:
@@ -294,9 +295,7 @@ def concat_batches(parts: Sequence[Any]) -> Any:
     if all(isinstance(p, torch.Tensor) for p in parts):
         return torch.cat(list(parts))
     concat = getattr(type(parts[0]), "concat", None)
-    if concat is None:
-        raise TypeError(f"cannot concatenate batches of type {type(parts[0]).__name__}")
-    return concat(parts)
+    return None if concat is None else concat(parts)
 
 
 def run_cell(

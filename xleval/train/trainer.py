@@ -443,6 +443,9 @@ def train(
     planned once (``fused=False`` forces the autograd path, e.g. to compare them).
     """
     opts = resolve_training_options(options)
+    overrides = getattr(model, "training_overrides", None)
+    if overrides:  # the model's own options (e.g. an encoder's optimizer and rate) win
+        opts = resolve_training_options({**opts, **overrides})
     started = time.perf_counter()
     y = torch.as_tensor(labels, dtype=torch.int64)
     n = len(y)
