@@ -84,6 +84,15 @@ HF_ENCODER_SCHEMA: dict[str, Any] = {
             "default": 16,
             "description": "Overrides the training section's batch size for this model.",
         },
+        "threads": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "default": None,
+            "description": "CPU threads for training and prediction (null: every core this "
+            "process may use; the processes executor gives each worker its share). Overrides "
+            "the training section's threads (1: right for the small bag models, not for an "
+            "encoder).",
+        },
         "eval_batch_size": {
             "type": "integer",
             "minimum": 1,
@@ -110,19 +119,25 @@ _FIELD = {"type": ["string", "null"], "minLength": 1}
 HF_DATASET_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["path"],
     "properties": {
+        "hub": {
+            "type": "string",
+            "minLength": 1,
+            "description": "A Hugging Face Hub dataset id, e.g. 'mteb/sib200' (with 'revision'). "
+            "Give this or 'path'.",
+        },
         "path": {
             "type": "string",
             "minLength": 1,
-            "description": "A Hub dataset id; a directory saved with save_to_disk; or, with "
-            "'format', a data file, a directory of them or a glob.",
+            "description": "A directory saved with save_to_disk; or, with 'format', a data file, "
+            "a directory of them or a glob; or a local directory laid out like a Hub dataset "
+            "(a README.md that declares its configs). Relative to the spec file's folder.",
         },
         "format": {
             "enum": ["parquet", "arrow", "json", "csv", None],
             "default": None,
-            "description": "Read 'path' as local files of this format (null: a Hub id or a "
-            "save_to_disk directory).",
+            "description": "Read 'path' as files of this format (null: a save_to_disk or "
+            "Hub-style directory).",
         },
         "revision": {
             "type": ["string", "null"],
@@ -133,7 +148,7 @@ HF_DATASET_SCHEMA: dict[str, Any] = {
         "name": {
             "type": "string",
             "minLength": 1,
-            "description": "Dataset name in reports (default: the path).",
+            "description": "Dataset name in reports (default: the Hub id or the path).",
         },
         "configs": {
             "type": ["object", "null"],
@@ -238,16 +253,16 @@ def resolve_model_directory(model: str, revision: str | None) -> Path:
                 "save_pretrained (and its tokenizer with the tokenizer's save_pretrained)"
             )
         return local
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import list_repo_files, snapshot_download
 
+    patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "*.bin"]
+    try:  # safetensors weights where the revision has them, not also its pickles
+        if any(name.endswith(".safetensors") for name in list_repo_files(model, revision=revision)):
+            patterns.remove("*.bin")
+    except Exception:  # offline: what the Hub cache holds decides
+        pass
     try:
-        return Path(
-            snapshot_download(
-                model,
-                revision=revision,
-                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"],
-            )
-        )
+        return Path(snapshot_download(model, revision=revision, allow_patterns=patterns))
     except Exception as exc:  # no network, unknown id or revision: the library's reason
         raise OptionsError(
             f"hf-encoder: cannot get '{model}' at revision {revision}: "

@@ -47,18 +47,27 @@ class HFDataset:
 
     def __post_init__(self) -> None:
         o = self.options
-        local = Path(o["path"]).expanduser()
-        if o["format"] is None and not local.exists() and o["revision"] is None:
+        if ("hub" in o) == ("path" in o):
+            raise OptionsError("hf: give exactly one of 'hub' (a Hub dataset id) and 'path'")
+        if "hub" in o and o["revision"] is None:
             raise OptionsError(
-                f"hf: '{o['path']}' is not a local path, so it is a Hub id, and a Hub dataset "
-                "needs a pinned revision (a commit hash from the dataset page's history)"
+                f"hf: the Hub dataset '{o['hub']}' needs a pinned revision (a commit hash from "
+                "the dataset page's history), or its data could change under you"
             )
+        if "hub" in o and o["format"] is not None:
+            raise OptionsError("hf: 'format' reads local files: use it with 'path', not 'hub'")
+        if "path" in o and o["revision"] is not None:
+            raise OptionsError("hf: 'revision' applies to 'hub' datasets, not to a local path")
         if o["configs"] is None and o["lang_field"] is None:
             raise OptionsError("hf: say where each row's language is: lang_field or configs")
 
     @property
+    def source(self) -> str:
+        return self.options.get("hub") or self.options["path"]
+
+    @property
     def name(self) -> str:
-        return self.options.get("name") or self.options["path"]
+        return self.options.get("name") or self.source
 
     def load(self) -> MultilingualDataset:
         o = self.options
@@ -103,7 +112,7 @@ class HFDataset:
         )  # fmt: skip
         selected.sort(key=lambda e: (e.lang, e.id))
         metadata: dict[str, Any] = {
-            "source": o["path"],
+            "source": self.source,
             "format": o["format"] or "datasets",
             "revision": o["revision"],
             "rows": len(examples),
@@ -133,24 +142,31 @@ class HFDataset:
 
     def _load_one(self, datasets: Any, config: str | None) -> Any:
         o = self.options
-        path = o["path"]
+        what = self.source + (f" (config {config!r})" if config else "")
         try:
+            if "hub" in o:
+                return datasets.load_dataset(
+                    o["hub"], config, revision=o["revision"], cache_dir=o["cache_dir"]
+                )
+            path = Path(o["path"]).expanduser()
             if o["format"] is not None:
                 files = _data_files(path, o["format"])
                 return datasets.load_dataset(
                     o["format"], data_files=files, cache_dir=o["cache_dir"]
                 )
-            if Path(path).expanduser().is_dir() and _saved_to_disk(Path(path).expanduser()):
+            if not path.is_dir():
+                raise DataError(
+                    f"hf: {path} is not a directory (set 'format' to read data files, or "
+                    "'hub' for a Hub dataset id)"
+                )
+            if _saved_to_disk(path):
                 if config is not None:
                     raise OptionsError(f"hf: {path} was saved with save_to_disk: it has no configs")
-                return datasets.load_from_disk(str(Path(path).expanduser()))
-            return datasets.load_dataset(
-                path, config, revision=o["revision"], cache_dir=o["cache_dir"]
-            )
+                return datasets.load_from_disk(str(path))
+            return datasets.load_dataset(str(path), config, cache_dir=o["cache_dir"])
         except (OptionsError, DataError):
             raise
         except Exception as exc:  # missing files, no network, unknown config: its reason
-            what = f"{path}" + (f" (config {config!r})" if config else "")
             raise DataError(f"hf: cannot load {what}: {type(exc).__name__}: {exc}") from None
 
     def _records(self, table: Any, lang: str | None, split: str | None, first: int) -> list[Record]:
@@ -195,17 +211,16 @@ def _saved_to_disk(directory: Path) -> bool:
     return (directory / "dataset_dict.json").is_file() or (directory / "state.json").is_file()
 
 
-def _data_files(path: str, fmt: str) -> Any:
-    """``path`` as datasets' data_files: a file, a glob, or a directory's files of ``fmt``
+def _data_files(local: Path, fmt: str) -> Any:
+    """``local`` as datasets' data_files: a file, a glob, or a directory's files of ``fmt``
     (one split per file whose name is a split, e.g. train.parquet; else all in train)."""
-    local = Path(path).expanduser()
     if not local.is_dir():
         return str(local)
     suffixes = {"parquet": (".parquet",), "arrow": (".arrow",), "json": (".json", ".jsonl"),
                 "csv": (".csv",)}[fmt]  # fmt: skip
     files = sorted(p for p in local.iterdir() if p.suffix in suffixes)
     if not files:
-        raise DataError(f"hf: {path} has no {'/'.join(suffixes)} files")
+        raise DataError(f"hf: {local} has no {'/'.join(suffixes)} files")
     by_split: dict[str, list[str]] = {}
     for p in files:
         split = p.stem.split("-")[0]

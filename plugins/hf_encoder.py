@@ -24,8 +24,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from xleval_plugins.executors import available_cores
 
 from xleval.errors import OptionsError
+from xleval.train.trainer import torch_threads
 
 
 @dataclass(frozen=True)
@@ -129,10 +131,12 @@ class HFEncoderClassifier(nn.Module):
         self.encoder.to(device=self.device_name, dtype=self.dtype)
         self.classifier.to(device=self.device_name)
         _freeze(encoder, options["freeze"])
+        self.threads = int(options["threads"] or available_cores())
         self.training_overrides = {
             "optimizer": options["optimizer"],
             "lr": options["lr"],
             "batch_size": options["batch_size"],
+            "threads": self.threads,  # capped by the executor's budget (torch_threads)
         }
 
     @property
@@ -173,7 +177,7 @@ class HFEncoderClassifier(nn.Module):
         # Prediction: texts sorted by length, batches of similar lengths, then unsorted.
         order = torch.argsort(batch.lengths, stable=True)
         out = torch.empty((len(batch), self.classifier.out_features))
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(self.threads):
             for chunk in order.split(self.options["eval_batch_size"]):
                 out[chunk] = self._scores(batch.select(chunk))
         return out

@@ -28,11 +28,32 @@ def invoke(*args):
     return CliRunner().invoke(build_cli(), list(args))
 
 
+#: Examples whose data come from the Hugging Face Hub: no network here, so their data are
+#: not loaded (their loader's local paths are tested in tests/test_hf.py).
+HUB_EXAMPLES = {"xlmr-sib200.toml"}
+
+
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_every_example_spec_is_valid(name):
-    result = invoke("validate", str(specs_dir() / "examples" / name))
+    offline = ("--no-data",) if name in HUB_EXAMPLES else ()
+    result = invoke("validate", str(specs_dir() / "examples" / name), *offline)
     assert result.exit_code == 0, result.output
     assert "is a valid experiment spec" in result.output
+
+
+def test_validate_without_data_builds_the_components_but_loads_nothing(tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        'dataset = { name = "jsonl", options = { path = "missing.jsonl" } }\n'
+        'source = "en"\ntargets = ["de"]\nshots = [4]\nseeds = [1]\n'
+        '[[methods]]\nprotocol = "transfer"\n'
+    )
+    assert invoke("validate", str(spec)).exit_code != 0  # the data file is missing
+    result = invoke("validate", str(spec), "--no-data")
+    assert result.exit_code == 0, result.output
+    assert "the data not loaded" in result.output
+    spec.write_text(spec.read_text().replace('"transfer"', '"transfer"\ntransfer = "nope"'))
+    assert invoke("validate", str(spec), "--no-data").exit_code != 0  # components still built
 
 
 def test_examples_include_the_quickstart_and_focused_ones():

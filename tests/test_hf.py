@@ -284,7 +284,13 @@ def test_bad_hf_options_are_clear_errors(tmp_path, tiny_encoder, saved_dataset):
     with pytest.raises(Exception, match="revision applies to Hub ids only"):
         pm.registry.build("models", "hf-encoder", {"model": str(tiny_encoder), "revision": "main"})
     with pytest.raises(Exception, match="pinned revision"):
-        pm.registry.build("datasets", "hf", {"path": "some-org/some-data"})
+        pm.registry.build("datasets", "hf", {"hub": "some-org/some-data"})
+    with pytest.raises(Exception, match="exactly one of 'hub'"):
+        pm.registry.build("datasets", "hf", {})
+    with pytest.raises(Exception, match="'revision' applies to 'hub' datasets"):
+        pm.registry.build("datasets", "hf", {"path": str(saved_dataset), "revision": "main"})
+    not_a_dir = load_error({"path": str(tmp_path / "nothing-here")})
+    assert "is not a directory" in not_a_dir
     missing_column = load_error({"path": str(saved_dataset), "text_field": "sentence"})
     assert "'sentence'" in missing_column and "text_field" in missing_column
 
@@ -421,14 +427,19 @@ def test_plain_labels_pooled_splits_and_ignored_splits(tmp_path, data_rows):
 
     plain = [{**r, "label": sorted(LABEL_WORDS).index(r["label"])} for r in data_rows]
     table = datasets.Dataset.from_list(plain)  # integer labels, no ClassLabel
-    half = len(plain) // 2
-    datasets.DatasetDict(
-        {"train": table.select(range(half)), "extra": table.select(range(half, len(plain)))}
-    ).save_to_disk(str(tmp_path / "d"))
+    even = [i for i, r in enumerate(plain) if int(r["group"].split("-")[1]) % 2 == 0]
+    odd = sorted(set(range(len(plain))) - set(even))  # whole groups, every label in both
+    half = len(even)
+    datasets.DatasetDict({"train": table.select(even), "extra": table.select(odd)}).save_to_disk(
+        str(tmp_path / "d")
+    )
     base = {"path": str(tmp_path / "d"), "group_field": "group", "id_field": "id"}
     kept = load(base)  # 'extra' is not a split name it knows: not loaded, and said so
     assert len(kept.examples) == half and kept.metadata["ignored_splits"] == ["extra"]
     assert {e.label for e in kept.examples} <= {"0", "1", "2", "3"}
+    mapped = load({**base, "splits": {"train": "train", "extra": "test"}})
+    assert len(mapped.examples) == len(plain) and "ignored_splits" not in mapped.metadata
+    assert {e.split for e in mapped.examples} == {"train", "test"}
     pooled = load({**base, "splits": None})  # every split, split by group hash
     assert len(pooled.examples) == len(plain)
     assert pooled.metadata["split_origin"] == "group hash"
@@ -437,3 +448,16 @@ def test_plain_labels_pooled_splits_and_ignored_splits(tmp_path, data_rows):
     for e in pooled.examples:
         groups.setdefault(e.group, set()).add(e.split)
     assert all(len(s) == 1 for s in groups.values())  # translations share a split
+
+
+def test_a_bfloat16_encoder_predicts_finite_float32_scores(tiny_encoder, data_rows):
+    import torch
+
+    from xleval.train.trainer import predict_scores
+
+    model = build(tiny_encoder, dtype="bfloat16")
+    assert next(model.encoder.parameters()).dtype == torch.bfloat16
+    assert model.classifier.weight.dtype == torch.float32
+    scores = predict_scores(model, [r["text"] for r in data_rows[:10]])
+    assert scores.dtype == torch.float32 and scores.shape == (10, 4)
+    assert torch.isfinite(scores).all()

@@ -265,8 +265,14 @@ def add_run_commands(cli: click.Group) -> None:
 
     @cli.command("validate")
     @click.argument("path", type=click.Path(dir_okay=False))
+    @click.option(
+        "--no-data",
+        is_flag=True,
+        help="Check the spec and build its components without loading the dataset (e.g. a "
+        "Hub dataset where there is no network); the languages and shots are then unchecked.",
+    )
     @click.pass_obj
-    def validate_command(state, path):
+    def validate_command(state, path, no_data):
         """Check an experiment spec or a report against its schema."""
         from xleval.experiment.dataset_rules import load_dataset, warnings_for
         from xleval.experiment.grid import expand_grid
@@ -281,6 +287,13 @@ def add_run_commands(cli: click.Group) -> None:
             return
         spec = load_spec(path, state.pm.registry)
         check_components(spec, state.pm.registry, source=path)
+        if no_data:
+            click.echo(
+                f"ok: {path} is a valid experiment spec ({len(expand_grid(spec))} cells; every "
+                "component built with its options; the data not loaded: --no-data)"
+            )
+            print_warnings(spec.warnings)
+            return
         dataset = load_dataset(state.pm.registry, spec.dataset.name, spec.dataset.options)
         check_languages(spec, dataset)
         print_warnings(warnings_for(dataset.warnings, {*spec.sources, *spec.targets}))
