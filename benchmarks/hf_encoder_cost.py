@@ -45,44 +45,6 @@ protocol = "joint"
 """
 
 
-def tiny_encoder(directory: Path, texts: list[str]) -> Path:
-    import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer.train_from_iterator(
-        texts, trainers.WordPieceTrainer(vocab_size=4000, special_tokens=specials)
-    )
-    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(directory)
-    fast.save_pretrained(directory)
-    return directory
-
-
 def run_spec(spec: Path, out: Path) -> tuple[float, int]:
     from click.testing import CliRunner
 
@@ -108,7 +70,9 @@ def tiny(rounds: int) -> None:
     ).load()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        encoder = tiny_encoder(root / "tiny", [e.text for e in dataset.examples])
+        from xleval_plugins.hf_tiny import save_tiny_encoder
+
+        encoder = save_tiny_encoder(root / "tiny", [e.text for e in dataset.examples])
         models = {
             "hf-encoder (tiny)": f'{{ name = "hf-encoder", options = {{ model = "{encoder}", '
             "max_length = 64, lr = 3e-3 } }",

@@ -25,7 +25,7 @@ from xleval.errors import DataError
 DDTP_NAME = "ddtp-sections"
 DDTP_FILE = "ddtp-sections.jsonl.gz"
 
-_SELECTION_SCHEMA: dict[str, Any] = {
+SELECTION_OPTIONS: dict[str, Any] = {
     "languages": {
         "type": "array",
         "items": {"type": "string", "minLength": 1},
@@ -40,6 +40,19 @@ _SELECTION_SCHEMA: dict[str, Any] = {
         "every language, chosen by group hash).",
     },
 }
+
+
+def split_ratios_option(description: str) -> dict[str, Any]:
+    """The ``split_ratios`` option of a loader that may split by group hash."""
+    return {
+        "type": "object",
+        "properties": {
+            s: {"type": "number", "minimum": 0, "maximum": 1} for s in DEFAULT_SPLIT_RATIOS
+        },
+        "additionalProperties": False,
+        "default": dict(DEFAULT_SPLIT_RATIOS),
+        "description": description,
+    }
 
 
 def _field_option(name: str, optional: bool) -> dict[str, Any]:
@@ -65,17 +78,11 @@ def file_schema(*, delimiter: str | None = None) -> dict[str, Any]:
         },
         **{f"{n}_field": _field_option(n, False) for n in ("text", "label", "lang")},
         **{f"{n}_field": _field_option(n, True) for n in ("id", "group", "split")},
-        "split_ratios": {
-            "type": "object",
-            "properties": {
-                s: {"type": "number", "minimum": 0, "maximum": 1} for s in DEFAULT_SPLIT_RATIOS
-            },
-            "additionalProperties": False,
-            "default": dict(DEFAULT_SPLIT_RATIOS),
-            "description": "Used only when the file has no split column: fractions of "
-            "groups per split (by sha256 of the group), summing to 1.",
-        },
-        **copy.deepcopy(_SELECTION_SCHEMA),
+        "split_ratios": split_ratios_option(
+            "Used only when the file has no split column: fractions of groups per split (by "
+            "sha256 of the group), summing to 1."
+        ),
+        **copy.deepcopy(SELECTION_OPTIONS),
     }
     if delimiter is not None:
         properties["delimiter"] = {
@@ -102,7 +109,7 @@ def file_schema(*, delimiter: str | None = None) -> dict[str, Any]:
 
 DDTP_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": copy.deepcopy(_SELECTION_SCHEMA),
+    "properties": copy.deepcopy(SELECTION_OPTIONS),
     "additionalProperties": False,
 }
 

@@ -17,7 +17,9 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from xleval.api import DEFAULT_SPLIT_RATIOS, PluginUnavailable, Register, hookimpl
+from xleval_plugins.datasets import SELECTION_OPTIONS, split_ratios_option
+
+from xleval.api import PluginUnavailable, Register, hookimpl
 from xleval.errors import OptionsError
 
 #: The distributions of the ``hf`` extra (pyproject.toml) these plugins import.
@@ -185,27 +187,11 @@ HF_DATASET_SCHEMA: dict[str, Any] = {
             "not named are not loaded. null: pool every split and split by group hash "
             "('split_ratios').",
         },
-        "split_ratios": {
-            "type": "object",
-            "properties": {
-                s: {"type": "number", "minimum": 0, "maximum": 1} for s in DEFAULT_SPLIT_RATIOS
-            },
-            "additionalProperties": False,
-            "default": dict(DEFAULT_SPLIT_RATIOS),
-            "description": "With splits = null: fractions of groups per split, summing to 1.",
-        },
-        "languages": {
-            "type": "array",
-            "items": {"type": "string", "minLength": 1},
-            "minItems": 1,
-            "uniqueItems": True,
-            "description": "Load only these languages (default: all).",
-        },
-        "max_per_lang": {
-            "type": "integer",
-            "minimum": 1,
-            "description": "Keep at most this many examples per language.",
-        },
+        "split_ratios": split_ratios_option(
+            "With splits = null: fractions of groups per split (by sha256 of the group), "
+            "summing to 1."
+        ),
+        **copy.deepcopy(SELECTION_OPTIONS),
         "cache_dir": {
             "type": ["string", "null"],
             "default": None,

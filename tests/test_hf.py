@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers import LABEL_WORDS, write_synthetic_dataset
-from test_runner import metrics_of
+from test_runner import METHODS, metrics_of
 
 from xleval.cli.main import build_cli
 from xleval.plugin.manager import get_plugin_manager
@@ -53,35 +53,11 @@ def data_rows(tmp_path_factory) -> list[dict]:
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory, data_rows) -> Path:
     """A 2-layer, 32-wide BERT with random weights and a WordPiece vocabulary of the data."""
-    import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from xleval_plugins.hf_tiny import save_tiny_encoder
 
     directory = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer.train_from_iterator(
-        [r["text"] for r in data_rows],
-        trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials),
-    )
-    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]",
-    )  # fmt: skip
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
-    )  # fmt: skip
-    BertModel(config).save_pretrained(directory)
-    fast.save_pretrained(directory)
-    return directory
+    return save_tiny_encoder(directory, [r["text"] for r in data_rows], vocab_size=300,
+                             max_positions=64)  # fmt: skip
 
 
 def hf_dataset(data_rows: list[dict]):
@@ -128,17 +104,7 @@ metrics = ["accuracy", "nll"]
 executor = "local"
 model = {{ name = "hf-encoder", options = {{ model = "{encoder}", max_length = 32, lr = 3e-3 }} }}
 training = {{ epochs = 2, min_steps = 60 }}
-[[methods]]
-protocol = "target-only"
-[[methods]]
-protocol = "zero-shot"
-[[methods]]
-protocol = "transfer"
-[[methods]]
-protocol = "fusion"
-[[methods]]
-protocol = "joint"
-"""
+{METHODS}"""
     )
     return spec
 

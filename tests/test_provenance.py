@@ -130,6 +130,7 @@ print(json.dumps({{"used": used, "covered": sorted(covered)}}))
         "xleval.run.provenance",
         "xleval_plugins.dask_executor",
         "xleval_plugins.executors",
+        "xleval_plugins.hf",  # the hf entry point: registers hf-encoder and hf, unused here
         "xleval_plugins.html_report",
         "xleval_plugins.reporters",
         "xleval.specs",  # the spec schema, read to resolve the method (before any cell)
