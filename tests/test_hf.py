@@ -285,6 +285,20 @@ def test_plugins_without_the_extra_are_listed_unavailable_with_the_install_comma
     line = next(line for line in listed.stdout.splitlines() if line.startswith("xleval.hf"))
     assert "unavailable" in line and "pip install 'xleval[hf]'" in listed.stdout
     assert "xleval.models" in listed.stdout  # the rest is unchanged
+    as_json = subprocess.run(
+        [sys.executable, "-c", script, "plugins", "--json"], capture_output=True, text=True, env=env
+    )
+    records = json.loads(as_json.stdout)
+    import jsonschema
+
+    from xleval.experiment.resources import specs_dir
+
+    schema = json.loads((specs_dir() / "plugins.schema.json").read_text())
+    jsonschema.validate(records, schema)
+    (hf,) = [r for r in records if r["name"] == "xleval.hf"]
+    assert hf["status"] == "unavailable" and "pip install 'xleval[hf]'" in hf["error"]
+    assert hf["components"] == {"datasets": ["hf"], "models": ["hf-encoder"]}
+    assert all(r["status"] == "ok" for r in records if r["name"] != "xleval.hf")
     used = subprocess.run(
         [sys.executable, "-c", script, "datasets", "show", "hf", "-o", "path=x"],
         capture_output=True,
