@@ -179,6 +179,13 @@ HF_DATASET_SCHEMA: dict[str, Any] = {
             "description": "The column tying translations together (e.g. SIB-200's "
             "index_id); null: each row is its own group.",
         },
+        "split_field": {
+            **_FIELD,
+            "default": None,
+            "description": "A column holding each row's split (train, dev, test, or names "
+            "that 'splits' maps to them); then every split of the dataset is loaded and the "
+            "column decides.",
+        },
         "splits": {
             "type": ["object", "null"],
             "additionalProperties": {"enum": ["train", "dev", "test"]},

@@ -72,7 +72,8 @@ class HFDataset:
     def load(self) -> MultilingualDataset:
         o = self.options
         parts = self._parts()  # (language or None, split name, datasets.Dataset)
-        wanted = o["splits"]
+        by_column = o["split_field"] is not None
+        wanted = None if by_column else o["splits"]
         records: list[Record] = []
         ignored: set[str] = set()
         columns: set[str] = set()
@@ -92,7 +93,7 @@ class HFDataset:
             lang=_LANG if o["configs"] is not None else o["lang_field"],
             id=o["id_field"],
             group=o["group_field"],
-            split=_SPLIT if wanted is not None else None,
+            split=_SPLIT if wanted is not None or by_column else None,
         )
         if not records:
             kept = ", ".join(sorted(wanted or {})) or "-"
@@ -100,6 +101,11 @@ class HFDataset:
                 f"{self.name}: no rows in the splits loaded ({kept}; the dataset has "
                 f"{', '.join(sorted({p[1] for p in parts}))}): map its split names with "
                 "the option 'splits'"
+            )
+        if by_column and o["split_field"] not in columns:
+            raise DataError(
+                f"{self.name}: no column {o['split_field']!r} for the split field (columns: "
+                f"{', '.join(sorted(columns))}); set the option split_field to the column's name"
             )
         read = ReadResult(self.name, records, columns=(*sorted(columns), _LANG, _SPLIT))
         examples, locations, split_origin = records_to_examples(
@@ -191,6 +197,10 @@ class HFDataset:
             columns[_LANG] = [lang] * n
         if split is not None:
             columns[_SPLIT] = [split] * n
+        elif o["split_field"] in table.column_names:  # the split column, names mapped
+            mapping = o["splits"] or {}
+            column = table[o["split_field"]]
+            columns[_SPLIT] = [mapping.get(v, v) if isinstance(v, str) else v for v in column]
         keys = list(columns)
         values = [columns[k] for k in keys]
         return [

@@ -441,3 +441,19 @@ def test_a_bfloat16_encoder_predicts_finite_float32_scores(tiny_encoder, data_ro
     scores = predict_scores(model, [r["text"] for r in data_rows[:10]])
     assert scores.dtype == torch.float32 and scores.shape == (10, 4)
     assert torch.isfinite(scores).all()
+
+
+def test_a_split_column_decides_the_splits(tmp_path, data_rows):
+    import datasets
+
+    with_column = [{**r, "part": split_of(r["group"])} for r in data_rows]  # validation: dev
+    datasets.Dataset.from_list(with_column).save_to_disk(str(tmp_path / "d"))
+    base = {"path": str(tmp_path / "d"), "group_field": "group", "id_field": "id"}
+    loaded = load({**base, "split_field": "part"})
+    expected = {r["id"]: {"validation": "dev"}.get(r["part"], r["part"]) for r in with_column}
+    assert {e.id: e.split for e in loaded.examples} == expected
+    assert loaded.metadata["split_origin"] == "file"
+    unknown = load_error({**base, "split_field": "part", "splits": {"train": "train"}})
+    assert "unknown split 'validation'" in unknown
+    missing = load_error({**base, "split_field": "nope"})
+    assert "no column 'nope' for the split field" in missing
