@@ -62,7 +62,7 @@ def method(registry, protocol, **entry):
 
 
 def test_the_bundled_protocols_are_registered(registry):
-    assert registry.names("protocols") == sorted(PROTOCOLS)
+    assert registry.names("protocols") == sorted([*PROTOCOLS, "merge"])  # merge: merging.py
 
 
 def test_resolve_method_fills_every_components_defaults(registry):

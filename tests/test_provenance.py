@@ -132,6 +132,7 @@ print(json.dumps({{"used": used, "covered": sorted(covered)}}))
         "xleval_plugins.executors",
         "xleval_plugins.hf",  # the hf entry point: registers hf-encoder and hf, unused here
         "xleval_plugins.html_report",
+        "xleval_plugins.merging",  # the merge protocol's entry point, unused here
         "xleval_plugins.reporters",
         "xleval.specs",  # the spec schema, read to resolve the method (before any cell)
     }

@@ -18,7 +18,7 @@ from typing import Any
 from xleval.errors import OptionsError, SpecError, XlevalError
 from xleval.experiment.resources import load_schema
 from xleval.experiment.training_options import TRAINING_SCHEMA
-from xleval.plugin.registry import Registry, fill_defaults, schema_errors
+from xleval.plugin.registry import Registry, fill_defaults, plugin_code, schema_errors
 
 #: statistics options that older versions used and this one ignores (nothing is resampled).
 RETIRED_STATISTICS = ("bootstrap", "seed")
@@ -575,8 +575,28 @@ def check_components(spec: ExperimentSpec, registry: Registry, source: str = "sp
             registry.build(kind, ref.name, ref.options)
         except XlevalError as exc:
             errors.append(nested_error(ref.at or kind, exc, options_at=f"{ref.at}.options"))
+    if not errors:
+        errors += _check_models(spec, registry)
     if errors:
         raise _spec_error(source, errors)
+
+
+def _check_models(spec: ExperimentSpec, registry: Registry) -> list[SpecProblem]:
+    """A protocol's optional ``check_model(builder)``: what it needs of the method's model
+    (e.g. ``merge``: parameter shapes that do not depend on the training texts)."""
+    errors: list[SpecProblem] = []
+    for method in spec.methods:
+        protocol = registry.build("protocols", method.protocol, method.options)
+        check = getattr(protocol, "check_model", None)
+        if not callable(check):
+            continue
+        component = registry.get("protocols", method.protocol)
+        try:
+            with plugin_code(component, "check_model()"):
+                check(registry.build("models", method.model.name, method.model.options))
+        except XlevalError as exc:
+            errors.append(f"at '{method.model.at or 'model'}' (method '{method.label}'): {exc}")
+    return errors
 
 
 def _resolve_training(
