@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xleval.api import Register, hookimpl
+from xleval.api import Register, hookimpl, report_methods, spec_targets
 
 #: Okabe & Ito's palette: distinguishable with the common colour-vision deficiencies.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -192,7 +192,7 @@ class HtmlReporter:
     # -- data -----------------------------------------------------------------------------
 
     def _methods(self, report: dict[str, Any]) -> list[dict[str, Any]]:
-        return report["spec"]["methods"]
+        return report_methods(report)
 
     def _curves(self, report, plt, plots_dir) -> list[Figure]:
         spec = report["spec"]
@@ -208,7 +208,7 @@ class HtmlReporter:
             for target, entry in (summary.get("break_even") or {}).items()
             if entry.get("status") == "break-even" and entry.get("shots") is not None
         }
-        targets = spec["targets"]
+        targets = spec_targets(spec)
         cols = min(len(targets), 2)
         rows = math.ceil(len(targets) / cols)
         fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.0 * rows), squeeze=False)
@@ -280,7 +280,7 @@ class HtmlReporter:
             for m in self._methods(report)
             if not summary.get(m["label"], {}).get("transfer_gap_note")
         ]
-        targets = spec["targets"]
+        targets = spec_targets(spec)
         grid = []
         for method in methods:
             per = summary.get(method, {}).get("by_shots", {}).get(chosen, {})

@@ -18,10 +18,10 @@ from typing import Any
 
 from tabulate import tabulate
 
-from xleval.api import Register, hookimpl
+from xleval.api import Register, hookimpl, report_methods, spec_sources, spec_targets
 from xleval.api.files import atomic_write_text
 
-VIEWS = ("main", "comparisons", "gaps", "ranks", "curves")
+VIEWS = ("main", "comparisons", "gaps", "ranks", "curves", "matrix")
 BEST, TIED, UNTESTED, SHORT = "*", "=", "?", "†"
 
 
@@ -136,8 +136,8 @@ def main_metric_rows(report: dict[str, Any], digits: int) -> tuple[list[str], li
     """Header and rows of the main-metric table, best results marked (see column_marks)."""
     spec = report["spec"]
     metric = spec["main_metric"]
-    methods = [m["label"] for m in spec["methods"]]
-    columns = [(t, s) for t in spec["targets"] for s in spec["shots"]]
+    methods = [m["label"] for m in report_methods(report)]
+    columns = [(t, s) for t in spec_targets(spec) for s in spec["shots"]]
     cells: dict[tuple[str, str, Any], dict[str, Any]] = {
         (a["method"], a["target"], a["shots"]): a
         for a in report["aggregates"]
@@ -270,9 +270,7 @@ def comparisons_view(report: dict[str, Any], digits: int, tablefmt: str, family:
 def summaries(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     summary = report.get("summary", {})
     return [
-        (m["label"], summary[m["label"]])
-        for m in report["spec"]["methods"]
-        if m["label"] in summary
+        (m["label"], summary[m["label"]]) for m in report_methods(report) if m["label"] in summary
     ]
 
 
@@ -280,7 +278,7 @@ def gaps_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
     """Transfer gap per method, shots and target, and its mean; n/a for methods that do not
     learn from the source."""
     spec = report["spec"]
-    targets = spec["targets"]
+    targets = spec_targets(spec)
     rows = []
     for label, s in summaries(report):
         if s.get("transfer_gap_note"):
@@ -308,6 +306,96 @@ def gaps_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
     header = ["method", "k", *targets, "mean over targets"]
     text = tabulate(rows, headers=header, tablefmt=tablefmt, disable_numparse=True)
     return title + "\n\n" + text
+
+
+def matrix_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
+    """Transfer matrices of a spec with pairs: per method run per source and per k, the
+    main metric of each source (row) on each target (column) with its gap to the baseline
+    (target-only) in brackets; then per target the best source, * where the report's
+    paired tests find it better than every other source; then each method that learned
+    from every source of the target together, against that best single source."""
+    spec = report["spec"]
+    if "pairs" not in spec:
+        return "no transfer matrix: this spec has source and targets, not pairs"
+    metric, higher = spec["main_metric"], higher_is_better(report)
+    mean = {
+        (a["method"], a["target"], a["shots"]): a["mean"]
+        for a in report["aggregates"]
+        if a["metric"] == metric
+    }
+    tests = {
+        (frozenset((e["a"], e["b"])), e["target"], e["shots"]): e
+        for e in report.get("comparisons", [])
+        if e["metric"] == metric and e["status"] == "ok"
+    }
+    baseline = report.get("statistics", {}).get("baseline")
+    rows = report_methods(report)
+    groups = list(dict.fromkeys(m["group"] for m in rows if m["label"] != m["group"]))
+    combined = [m["label"] for m in rows if m["label"] == m.get("group") and m["label"] != baseline]
+    targets, sources = spec_targets(spec), spec_sources(spec)
+    better = max if higher else min
+    parts = [
+        f"{metric} ({direction(report)}) of each source language (rows) on each target "
+        f"(columns), mean over seeds; in brackets the difference to {baseline or 'no baseline'} "
+        "at the same k. best: the best source per target, * where the paired tests (Holm-"
+        f"corrected, alpha = {alpha_of(report):g}) find it better than every other source."
+    ]
+    for group in groups:
+        for k in spec["shots"]:
+            table, best_row = [], ["best"]
+            for source in sources:
+                row = [source]
+                for target in targets:
+                    value = mean.get((f"{group}@{source}", target, k))
+                    base = mean.get((baseline, target, k)) if baseline else None
+                    gap = "" if value is None or base is None else f" ({value - base:+.{digits}f})"
+                    row.append("·" if value is None else f"{value:.{digits}f}{gap}")
+                table.append(row)
+            if all(cell == "·" for row in table for cell in row[1:]):
+                continue
+            best_of: dict[str, tuple[str, float]] = {}
+            for target in targets:
+                scored = {
+                    s: mean[(f"{group}@{s}", target, k)]
+                    for s in sources
+                    if (f"{group}@{s}", target, k) in mean
+                }
+                if not scored:
+                    best_row.append("")
+                    continue
+                top = better(scored, key=lambda s: scored[s])
+                best_of[target] = (top, scored[top])
+                if sum(v == scored[top] for v in scored.values()) > 1:
+                    best_row.append("(tie)")
+                    continue
+                sure = len(scored) > 1 and all(
+                    (e := tests.get((frozenset((f"{group}@{top}", f"{group}@{s}")), target, k)))
+                    and e["significant"]
+                    and e["better"] == f"{group}@{top}"
+                    for s in scored
+                    if s != top
+                )
+                best_row.append(top + (" *" if sure else ""))
+            table.append(best_row)
+            for label in combined:
+                row = [f"{label} (all sources)"]
+                for target in targets:
+                    value = mean.get((label, target, k))
+                    top = best_of.get(target)
+                    vs = "" if value is None or top is None else f" ({value - top[1]:+.{digits}f})"
+                    row.append("·" if value is None else f"{value:.{digits}f}{vs}")
+                if any(cell != "·" for cell in row[1:]):
+                    table.append(row)
+            header = [f"{group} k={shots_label(k)}: source \\ target", *targets]
+            parts.append(tabulate(table, headers=header, tablefmt=tablefmt, disable_numparse=True))
+    if combined:
+        parts.append(
+            "(all sources): the method trained on every source of the target at once; in "
+            "brackets its difference to the best single source of that column."
+        )
+    if len(parts) == 1:
+        return 'no transfer matrix: no method runs per source (sources = "each")'
+    return "\n\n".join(parts)
 
 
 def ranks_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
@@ -395,7 +483,7 @@ def curves_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
             else ""
         )
     ]
-    for target in spec["targets"]:
+    for target in spec_targets(spec):
         rows = []
         for label, s in items:
             points = {p["shots"]: p for p in s.get("curves", {}).get(target, [])}
@@ -454,6 +542,8 @@ class TableReporter:
             text = ranks_view(report, self.digits, self.tablefmt)
         elif self.view == "curves":
             text = curves_view(report, self.digits, self.tablefmt)
+        elif self.view == "matrix":
+            text = matrix_view(report, self.digits, self.tablefmt)
         else:
             text = main_view(report, self.digits, self.tablefmt)
         failed = [c for c in report["cells"] if c["status"] == "failed"]
@@ -493,7 +583,8 @@ TABLE_OPTIONS = {
             "enum": list(VIEWS),
             "default": "main",
             "description": "main: the main-metric table; comparisons: paired tests; gaps: "
-            "transfer gap; ranks: ranks and win/tie/loss; curves: learning curves.",
+            "transfer gap; ranks: ranks and win/tie/loss; curves: learning curves; matrix: "
+            "source x target tables of a spec with pairs.",
         },
         "family": {
             "enum": ["planned", "pairwise", "all"],

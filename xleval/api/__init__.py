@@ -36,6 +36,9 @@ from xleval.api.data import (
     MultilingualDataset,
     assign_splits,
     check_split_ratios,
+    report_methods,
+    spec_sources,
+    spec_targets,
     split_for_group,
     unit_hash,
 )
@@ -84,6 +87,9 @@ __all__ = [
     "check_split_ratios",
     "hookimpl",
     "mean_of",
+    "report_methods",
+    "spec_sources",
+    "spec_targets",
     "split_for_group",
     "unit_hash",
 ]

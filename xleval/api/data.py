@@ -183,3 +183,38 @@ def assign_splits(
             splits[e.group] = split_for_group(e.group, checked)
         out.append(dataclasses.replace(e, split=splits[e.group]))
     return tuple(out)
+
+
+def spec_targets(spec: Mapping[str, Any]) -> list[str]:
+    """The target languages of a report's ``spec``: its ``targets``, or in a spec with
+    ``pairs`` (a transfer matrix) each pair's target, in order of first appearance."""
+    if "targets" in spec:
+        return list(spec["targets"])
+    if spec.get("pairs") == "all":
+        return list(spec["languages"])
+    return list(dict.fromkeys(pair[1] for pair in spec.get("pairs", ())))
+
+
+def spec_sources(spec: Mapping[str, Any]) -> list[str]:
+    """The source languages of a report's ``spec``, in the order its tables list them."""
+    if "source" in spec:
+        return [spec["source"]] if isinstance(spec["source"], str) else list(spec["source"])
+    if spec.get("pairs") == "all":
+        return list(spec["languages"])
+    return list(dict.fromkeys(pair[0] for pair in spec.get("pairs", ())))
+
+
+def report_methods(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The methods a report's tables list, in the spec's order: each method entry of its
+    spec; in a spec with ``pairs``, each row an entry ran as (``label@source`` for each
+    source with sources = "each"), with the entry's fields."""
+    spec = report["spec"]
+    if "pairs" not in spec:
+        return list(spec["methods"])
+    ran = {cell["method"] for cell in report.get("cells", ())}
+    rows: list[dict[str, Any]] = []
+    for entry in spec["methods"]:
+        label = entry["label"]
+        own = [r for r in (label, *(f"{label}@{s}" for s in spec_sources(spec))) if r in ran]
+        rows.extend({**entry, "label": r, "group": label} for r in own or [label])
+    return rows

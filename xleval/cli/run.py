@@ -314,7 +314,7 @@ def add_run_commands(cli: click.Group) -> None:
     )
     @click.option(
         "--view",
-        type=click.Choice(["main", "comparisons", "gaps", "ranks", "curves"]),
+        type=click.Choice(["main", "comparisons", "gaps", "ranks", "curves", "matrix"]),
         default=None,
         help="Which part to show (table/markdown): the main table (default), paired "
         "comparisons, transfer gaps, ranks with win/tie/loss, or learning curves.",

@@ -40,13 +40,14 @@ class Cell:
 def expand_grid(spec: ExperimentSpec) -> list[Cell]:
     """Every cell the spec asks for: per method, target and seed, the shots its protocol
     runs at (``MethodSpec.shots``: a protocol that ignores k runs once, at k = 0, and is
-    reported in every shots column)."""
+    reported in every shots column); in a spec with pairs, each method's own targets and
+    sources (``MethodSpec.runs``)."""
     return [
-        Cell(method.label, method.protocol, spec.sources, target, cast(Shots, shots), seed)
+        Cell(method.label, method.protocol, sources, target, cast(Shots, shots), seed)
         for method in spec.methods
-        for target in spec.targets
+        for target, sources, runs in method.runs(spec.targets, spec.sources)
         for seed in spec.seeds
-        for shots in method.shots
+        for shots in runs
     ]
 
 

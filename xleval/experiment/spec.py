@@ -11,7 +11,7 @@ import json
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from xleval.plugin.registry import Registry, fill_defaults, plugin_code, schema_
 #: statistics options that older versions used and this one ignores (nothing is resampled).
 RETIRED_STATISTICS = ("bootstrap", "seed")
 #: The keys every method may have; a protocol adds its component and trainer-option slots.
-METHOD_KEYS = ("label", "protocol", "model", "training", "options")
+METHOD_KEYS = ("label", "protocol", "model", "training", "options", "sources")
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,34 @@ class MethodSpec:
     learns_from_source: bool = True
     baseline: bool = False
     order: int = 2
+    # -- specs with pairs --
+    #: the spec's method entry this one comes from (``label@source`` rows of sources =
+    #: "each"), and that entry's ``sources``; None in a spec without pairs
+    group: str | None = None
+    sources_mode: str | None = None
+    #: per target it runs on: (target, its sources, the shots it runs, its source models);
+    #: empty: the spec's sources and targets, and ``shots`` and ``source_models`` above
+    source_map: tuple[tuple[str, tuple[str, ...], tuple[int | str, ...], tuple[Any, ...]], ...] = ()
 
     def training_options(self, slot: str | None = None) -> dict[str, Any]:
         """Trainer options of a slot (``finetune``), else the method's ``training``."""
         return self.trainings.get(slot, self.training) if slot else self.training
+
+    def runs(
+        self, targets: Sequence[str], sources: tuple[str, ...]
+    ) -> list[tuple[str, tuple[str, ...], tuple[int | str, ...]]]:
+        """(target, sources, shots) of each target it runs on: the spec's ``targets`` and
+        ``sources`` unless it has a ``source_map`` (a spec with pairs)."""
+        if not self.source_map:
+            return [(t, sources, self.shots) for t in targets]
+        return [(t, s, shots) for t, s, shots, _ in self.source_map]
+
+    def source_models_for(self, target: str) -> tuple[Any, ...]:
+        """The training sets of the source models its cells of ``target`` share."""
+        for t, _, _, models in self.source_map:
+            if t == target:
+                return models
+        return self.source_models
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -81,6 +105,8 @@ class MethodSpec:
         out.update({slot: copy.deepcopy(t) for slot, t in self.trainings.items()})
         if self.options:
             out["options"] = copy.deepcopy(self.options)
+        if self.sources_mode is not None:
+            out["sources"] = self.sources_mode
         return out
 
 
@@ -102,25 +128,40 @@ class ExperimentSpec:
     description: str = ""
     #: What a user should know before running (one seed, retired options); not errors.
     warnings: tuple[str, ...] = ()
+    #: (source, target) pairs of a spec with pairs (a transfer matrix); () otherwise
+    pairs: tuple[tuple[str, str], ...] = ()
+    #: with pairs = "all": the languages paired (their order is the tables' order)
+    languages: tuple[str, ...] = ()
 
     def method(self, label: str) -> MethodSpec:
         return next(m for m in self.methods if m.label == label)
 
     def to_json(self) -> dict[str, Any]:
         """The resolved spec, as written into reports (it validates against the schema)."""
+        languages: dict[str, Any] = {"source": list(self.sources), "targets": list(self.targets)}
+        if self.pairs and self.languages:  # every ordered pair, as written
+            languages = {"languages": list(self.languages), "pairs": "all"}
+        elif self.pairs:
+            languages = {"pairs": [list(p) for p in self.pairs]}
+        methods, groups = [], set()
+        for m in self.methods:  # a spec with pairs: each entry once, as written
+            if m.group is None:
+                methods.append(m.to_json())
+            elif m.group not in groups:
+                groups.add(m.group)
+                methods.append({**m.to_json(), "label": m.group})
         return {
             "name": self.name,
             "description": self.description,
             "dataset": self.dataset.to_json(),
-            "source": list(self.sources),
-            "targets": list(self.targets),
+            **languages,
             "shots": list(self.shots),
             "seeds": list(self.seeds),
             "metrics": [m.to_json() for m in self.metrics],
             "main_metric": self.main_metric,
             "executor": self.executor.to_json(),
             "statistics": copy.deepcopy(self.statistics),
-            "methods": [m.to_json() for m in self.methods],
+            "methods": methods,
         }
 
 
@@ -281,11 +322,19 @@ def resolve_spec(
             top_model.append(resolve("models", spec["model"], "model"))
         return top_model[0]
 
-    sources = (spec["source"],) if isinstance(spec["source"], str) else tuple(spec["source"])
-    targets = tuple(spec["targets"])
-    for i, target in enumerate(targets):
-        if target in sources:
-            errors.append(f"at 'targets[{i}]': '{target}' is also a source language")
+    pairs = _resolve_pairs(spec, errors) if "pairs" in spec else ()
+    if "pairs" in spec:
+        order = tuple(spec.get("languages") or ()) if spec["pairs"] == "all" else ()
+        sources = order or tuple(dict.fromkeys(s for s, _ in pairs))
+        targets = order or tuple(dict.fromkeys(t for _, t in pairs))
+    else:
+        sources = (spec["source"],) if isinstance(spec["source"], str) else tuple(spec["source"])
+        targets = tuple(spec["targets"])
+        for i, target in enumerate(targets):
+            if target in sources:
+                errors.append(f"at 'targets[{i}]': '{target}' is also a source language")
+        if "languages" in spec:
+            errors.append("at 'languages': it goes with pairs = \"all\" (not source and targets)")
 
     metrics = [resolve("metrics", m, f"metrics[{i}]") for i, m in enumerate(spec["metrics"])]
     metric_names = [component_ref(m)[0] for m in spec["metrics"]]
@@ -318,11 +367,24 @@ def resolve_spec(
             if top_training is not None
             else None  # the top-level training's errors are reported once, at 'training'
         )
+        if "sources" in m and not pairs:
+            errors.append(f"at '{where}.sources': it applies to specs with pairs")
         method = _resolve_method(
             m, label, where, model, training, spec["shots"], sources, registry, errors
         )
-        if method is not None:
+        if method is None:
+            continue
+        if not pairs:
             methods.append(method)
+            continue
+        expanded = _per_pair(
+            method, m.get("sources", "each"), pairs, (sources, targets), spec["shots"], registry
+        )
+        for row in expanded:
+            if row.label != label and row.label in labels:
+                errors.append(f"at '{where}.label': '{row.label}' is used by two methods")
+            labels.append(row.label)
+        methods.extend(expanded)
 
     statistics = spec["statistics"]
     warnings = []
@@ -360,7 +422,9 @@ def resolve_spec(
             if label not in labels:
                 errors.append(f"at 'statistics.compare[{i}][{j}]': '{label}' is not a method label")
 
-    cells = sum(len(targets) * len(spec["seeds"]) * len(m.shots) for m in methods)
+    cells = len(spec["seeds"]) * sum(
+        len(shots) for m in methods for _, _, shots in m.runs(targets, sources)
+    )
     if cells > MAX_CELLS:
         errors.append(
             f"at 'methods': {cells:,} cells (methods x targets x shots x seeds); at most "
@@ -387,7 +451,67 @@ def resolve_spec(
         statistics=statistics,
         methods=tuple(methods),
         warnings=tuple(warnings),
+        pairs=pairs,
+        languages=tuple(spec.get("languages") or ()) if spec.get("pairs") == "all" else (),
     )
+
+
+def _resolve_pairs(spec: dict[str, Any], errors: list[SpecProblem]) -> tuple[tuple[str, str], ...]:
+    """A spec's (source, target) pairs: every ordered pair of ``languages`` for "all"."""
+    if spec["pairs"] == "all":
+        languages = spec.get("languages")
+        if not languages:
+            errors.append("at 'pairs': \"all\" needs 'languages', the languages to pair")
+            return ()
+        return tuple((s, t) for t in languages for s in languages if s != t)
+    if "languages" in spec:
+        errors.append("at 'languages': it goes with pairs = \"all\"; the pairs list names them")
+    out = []
+    for i, (source, target) in enumerate(spec["pairs"]):
+        if source == target:
+            errors.append(f"at 'pairs[{i}]': '{source}' is both source and target")
+        else:
+            out.append((source, target))
+    return tuple(out)
+
+
+def _per_pair(
+    method: MethodSpec,
+    mode: str,
+    pairs: tuple[tuple[str, str], ...],
+    order: tuple[tuple[str, ...], tuple[str, ...]],
+    shots: Sequence[int | str],
+    registry: Registry,
+) -> list[MethodSpec]:
+    """A method of a spec with pairs: one row per source language (sources = "each": label
+    ``label@source``, each target it is paired with), or one with every source of each
+    target (sources = "all"). A protocol that does not learn from the sources runs once per
+    target whatever the mode."""
+    protocol = registry.build("protocols", method.protocol, method.options)
+    sources, targets = order
+
+    def entry(target: str, sources: tuple[str, ...]) -> tuple[Any, ...]:
+        ignores = getattr(protocol, "ignores_shots", False)
+        runs = tuple(k for k in ((0,) if ignores else shots) if protocol.runs_at(k, sources))
+        return (target, sources, runs, tuple(protocol.source_models(sources)))
+
+    of_target = {t: tuple(s for s in sources if (s, t) in pairs) for t in targets}
+    if mode == "all" or not method.learns_from_source:
+        source_map = tuple(entry(t, of_target[t]) for t in targets)
+        return [replace(method, group=method.label, sources_mode=mode, source_map=source_map)]
+    rows = []
+    for source in sources:
+        source_map = tuple(entry(t, (source,)) for t in targets if source in of_target[t])
+        rows.append(
+            replace(
+                method,
+                label=f"{method.label}@{source}",
+                group=method.label,
+                sources_mode=mode,
+                source_map=source_map,
+            )
+        )
+    return rows
 
 
 def _protocol_errors(methods: Any, registry: Registry) -> list[SpecProblem]:

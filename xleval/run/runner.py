@@ -211,7 +211,7 @@ class CellTask:
         method = self.spec.method(cell.method)
         return [
             SourceModelJob(self, cell.method, cell.sources, list(ts), cell.seed)
-            for ts in method.source_models
+            for ts in method.source_models_for(cell.target)
         ]
 
     def failure(self, cell: Cell, exc: BaseException) -> dict[str, Any]:
