@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xleval.api import Register, hookimpl, report_methods, spec_targets
+from xleval.api import Register, hookimpl, report_methods, spec_sources, spec_targets
 
 #: Okabe & Ito's palette: distinguishable with the common colour-vision deficiencies.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -133,10 +133,12 @@ def _sha256(data: bytes) -> str:
 
 #: The report parts the figures are drawn from: the figure cache's key covers them (with
 #: the reporter's options, this module's code and matplotlib's version).
-FIGURE_INPUTS = ("spec", "metrics", "aggregates", "summary", "calibration", "statistics")
+FIGURE_INPUTS = (
+    "spec", "metrics", "aggregates", "summary", "calibration", "statistics", "comparisons",
+)  # fmt: skip
 #: In the plots folder: the key and figures of the page last written there.
 FIGURE_CACHE = "figures.json"
-FIGURE_GROUPS = ("curves", "gap_figures", "calibration")
+FIGURE_GROUPS = ("curves", "gap_figures", "calibration", "matrix_figures")
 
 
 def _fixed_grid(fig: Any, rows: int, cols: int, legend_rows: int) -> float:
@@ -342,6 +344,67 @@ class HtmlReporter:
         plt.close(fig)
         return [figure]
 
+    def _matrix_figures(self, report, plt, plots_dir) -> list[Figure]:
+        """A spec with pairs: per method run per source, a heatmap of the main metric of each
+        source (row) on each target (column) at one k (the gap plots' k, or 0 for a method
+        that ignores k); the best source per target boxed, * where the paired tests find it
+        better than every other source."""
+        spec = report["spec"]
+        if "pairs" not in spec:
+            return []
+        from xleval_plugins.reporters import best_source, matrix_inputs
+
+        metric = spec["main_metric"]
+        inputs = matrix_inputs(report)
+        mean, higher = inputs["mean"], inputs["higher"]
+        sources, targets = spec_sources(spec), spec_targets(spec)
+        groups = [m["label"] for m in spec["methods"] if m.get("sources", "each") == "each"]
+        chosen = self.options.get("gap_shots")
+        figures = []
+        for group in groups:
+            present = {k for (m, _, k) in mean if m.startswith(f"{group}@")}
+            if not present:
+                continue
+            numeric = sorted(k for k in present if k != "all")
+            k = chosen if chosen in present else next((k for k in numeric if k != 0), None)
+            k = k if k is not None else sorted(present, key=str)[0]
+            grid = [[mean.get((f"{group}@{s}", t, k)) for t in targets] for s in sources]
+            values = [v for row in grid for v in row if v is not None]
+            fig, ax = plt.subplots(figsize=(1.1 * len(targets) + 2.6, 0.6 * len(sources) + 1.8))
+            masked = [[float("nan") if v is None else v for v in row] for row in grid]
+            image = ax.imshow(masked, cmap="viridis" if higher else "viridis_r", aspect="auto")
+            ax.set_xticks(range(len(targets)), targets)
+            ax.set_yticks(range(len(sources)), sources)
+            ax.set_xlabel("target language")
+            ax.set_ylabel("source language")
+            middle = (min(values) + max(values)) / 2 if values else 0.0
+            for j, target in enumerate(targets):
+                for i, v in enumerate(row[j] for row in grid):
+                    if v is not None:
+                        shade = "black" if (v > middle) == higher else "white"
+                        ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=9, color=shade)
+                best = best_source(inputs, group, sources, target, k)
+                if best is not None and best[2] != "tie":
+                    top = sources.index(best[0])
+                    ax.add_patch(plt.Rectangle((j - 0.5, top - 0.5), 1, 1, fill=False, lw=2))
+                    if best[2] == "*":
+                        ax.text(j + 0.42, top - 0.3, "*", ha="right", va="top", fontsize=12)
+            fig.colorbar(image, ax=ax, label=metric)
+            ax.set_title(f"{group}, k={k}")
+            fig.tight_layout()
+            caption = (
+                f"{group}: {metric} of a model trained on each source language (rows), on each "
+                f"target language's test split (columns), at k={k}, mean over seeds. Boxed: the "
+                "best source for the target; * where the paired tests find it better than every "
+                "other source (Holm-corrected with the report's other tests). `xleval report RUN "
+                "--view matrix` has every k and the methods trained on all sources together."
+            )
+            figures.append(
+                Figure.draw(fig, f"matrix_{group}", caption, f"{group} transfer matrix", plots_dir)
+            )
+            plt.close(fig)
+        return figures
+
     def _calibration(self, report, plt, plots_dir) -> list[Figure]:
         curves = [
             c for c in report.get("calibration") or [] if c["protocol"] in ("fusion", "target-only")
@@ -395,6 +458,7 @@ class HtmlReporter:
             "curves": self._curves(report, plt, plots_dir),
             "gap_figures": self._gap_figures(report, plt, plots_dir),
             "calibration": self._calibration(report, plt, plots_dir),
+            "matrix_figures": self._matrix_figures(report, plt, plots_dir),
         }
         if cache is not None:
             write_keyed(cache, key, {g: [f.to_json() for f in fs] for g, fs in drawn.items()})
@@ -503,6 +567,7 @@ class HtmlReporter:
             shortfalls=list(shortfalls.values()),
             curves=figures["curves"],
             gap_figures=figures["gap_figures"],
+            matrix_figures=figures["matrix_figures"],
             comparisons=comparisons,
             comparison_headers=headers,
             alpha=f"{1 - spec.get('statistics', {}).get('confidence', 0.95):.3g}",

@@ -308,6 +308,48 @@ def gaps_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
     return title + "\n\n" + text
 
 
+def matrix_inputs(report: dict[str, Any]) -> dict[str, Any]:
+    """What the transfer matrices (the matrix view, the HTML page) are drawn from: the main
+    metric's means by (method, target, k) and its tested comparisons by (pair, target, k)."""
+    metric = report["spec"]["main_metric"]
+    return {
+        "mean": {
+            (a["method"], a["target"], a["shots"]): a["mean"]
+            for a in report["aggregates"]
+            if a["metric"] == metric
+        },
+        "tests": {
+            (frozenset((e["a"], e["b"])), e["target"], e["shots"]): e
+            for e in report.get("comparisons", [])
+            if e["metric"] == metric and e["status"] == "ok"
+        },
+        "higher": higher_is_better(report),
+    }
+
+
+def best_source(
+    inputs: dict[str, Any], group: str, sources: list[str], target: str, k: Any
+) -> tuple[str, float, str] | None:
+    """The best source of ``group`` (a method run per source) for ``target`` at ``k``: (its
+    language, its mean, "*" if the paired tests find it better than every other source,
+    "tie" if another source has the same mean, else ""); None without any."""
+    mean, tests = inputs["mean"], inputs["tests"]
+    scored = {
+        s: mean[(f"{group}@{s}", target, k)] for s in sources if (f"{group}@{s}", target, k) in mean
+    }
+    if not scored:
+        return None
+    top = (max if inputs["higher"] else min)(scored, key=lambda s: scored[s])
+    if sum(v == scored[top] for v in scored.values()) > 1:
+        return top, scored[top], "tie"
+    winner = f"{group}@{top}"
+    sure = len(scored) > 1
+    for other in (s for s in scored if s != top):
+        test = tests.get((frozenset((winner, f"{group}@{other}")), target, k))
+        sure = sure and test is not None and test["significant"] and test["better"] == winner
+    return top, scored[top], "*" if sure else ""
+
+
 def matrix_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
     """Transfer matrices of a spec with pairs: per method run per source and per k, the
     main metric of each source (row) on each target (column) with its gap to the baseline
@@ -317,32 +359,23 @@ def matrix_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
     spec = report["spec"]
     if "pairs" not in spec:
         return "no transfer matrix: this spec has source and targets, not pairs"
-    metric, higher = spec["main_metric"], higher_is_better(report)
-    mean = {
-        (a["method"], a["target"], a["shots"]): a["mean"]
-        for a in report["aggregates"]
-        if a["metric"] == metric
-    }
-    tests = {
-        (frozenset((e["a"], e["b"])), e["target"], e["shots"]): e
-        for e in report.get("comparisons", [])
-        if e["metric"] == metric and e["status"] == "ok"
-    }
+    inputs = matrix_inputs(report)
+    mean = inputs["mean"]
     baseline = report.get("statistics", {}).get("baseline")
     rows = report_methods(report)
     groups = list(dict.fromkeys(m["group"] for m in rows if m["label"] != m["group"]))
     combined = [m["label"] for m in rows if m["label"] == m.get("group") and m["label"] != baseline]
     targets, sources = spec_targets(spec), spec_sources(spec)
-    better = max if higher else min
     parts = [
-        f"{metric} ({direction(report)}) of each source language (rows) on each target "
-        f"(columns), mean over seeds; in brackets the difference to {baseline or 'no baseline'} "
-        "at the same k. best: the best source per target, * where the paired tests (Holm-"
-        f"corrected, alpha = {alpha_of(report):g}) find it better than every other source."
+        f"{spec['main_metric']} ({direction(report)}) of each source language (rows) on each "
+        f"target (columns), mean over seeds; in brackets the difference to "
+        f"{baseline or 'no baseline'} at the same k. best: the best source per target, * where "
+        f"the paired tests (Holm-corrected, alpha = {alpha_of(report):g}) find it better than "
+        "every other source."
     ]
     for group in groups:
         for k in spec["shots"]:
-            table, best_row = [], ["best"]
+            table = []
             for source in sources:
                 row = [source]
                 for target in targets:
@@ -353,35 +386,18 @@ def matrix_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
                 table.append(row)
             if all(cell == "·" for row in table for cell in row[1:]):
                 continue
-            best_of: dict[str, tuple[str, float]] = {}
-            for target in targets:
-                scored = {
-                    s: mean[(f"{group}@{s}", target, k)]
-                    for s in sources
-                    if (f"{group}@{s}", target, k) in mean
-                }
-                if not scored:
-                    best_row.append("")
-                    continue
-                top = better(scored, key=lambda s: scored[s])
-                best_of[target] = (top, scored[top])
-                if sum(v == scored[top] for v in scored.values()) > 1:
-                    best_row.append("(tie)")
-                    continue
-                sure = len(scored) > 1 and all(
-                    (e := tests.get((frozenset((f"{group}@{top}", f"{group}@{s}")), target, k)))
-                    and e["significant"]
-                    and e["better"] == f"{group}@{top}"
-                    for s in scored
-                    if s != top
-                )
-                best_row.append(top + (" *" if sure else ""))
-            table.append(best_row)
+            best = {t: best_source(inputs, group, sources, t, k) for t in targets}
+            table.append(
+                ["best"]
+                + [
+                    "" if b is None else "(tie)" if b[2] == "tie" else f"{b[0]} {b[2]}".strip()
+                    for b in best.values()
+                ]
+            )
             for label in combined:
                 row = [f"{label} (all sources)"]
                 for target in targets:
-                    value = mean.get((label, target, k))
-                    top = best_of.get(target)
+                    value, top = mean.get((label, target, k)), best[target]
                     vs = "" if value is None or top is None else f" ({value - top[1]:+.{digits}f})"
                     row.append("·" if value is None else f"{value:.{digits}f}{vs}")
                 if any(cell != "·" for cell in row[1:]):

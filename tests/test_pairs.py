@@ -161,3 +161,7 @@ sources = "all"
     assert "transfer@fr" in table.output and "joint" not in table.output
     classic = CliRunner().invoke(build_cli(), ["report", str(out), "--view", "gaps"])
     assert classic.exit_code == 0, classic.output
+    page = (out / "report.html").read_text()
+    assert "Transfer matrix" in page and "every ordered pair of en, de, fr" in page
+    assert (out / "plots" / "matrix_zero-shot.png").is_file()
+    assert (out / "plots" / "matrix_transfer.svg").is_file()
