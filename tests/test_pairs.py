@@ -165,3 +165,23 @@ sources = "all"
     assert "Transfer matrix" in page and "every ordered pair of en, de, fr" in page
     assert (out / "plots" / "matrix_zero-shot.png").is_file()
     assert (out / "plots" / "matrix_transfer.svg").is_file()
+
+
+@pytest.mark.slow
+def test_the_transfer_matrix_example_runs_end_to_end(tmp_path):
+    """specs/examples/transfer-matrix.toml as shipped (every ordered pair of four languages
+    of the bundled dataset; ~70 s on 2 cores)."""
+    from xleval.experiment.resources import specs_dir
+
+    spec = specs_dir() / "examples" / "transfer-matrix.toml"
+    out = tmp_path / "run"
+    result = CliRunner().invoke(build_cli(), ["run", str(spec), "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    report = read_report(out / "report.json")
+    assert len(report["cells"]) == 180 and all(c["status"] == "ok" for c in report["cells"])
+    view = CliRunner().invoke(build_cli(), ["report", str(out), "--view", "matrix"]).output
+    for group in ("zero-shot", "transfer"):
+        assert f"{group} k=32: source \\ target    en" in view
+    for method in ("fusion", "merge", "joint"):
+        assert f"{method} (all sources)" in view
+    assert (out / "plots" / "matrix_transfer.png").is_file()
