@@ -345,10 +345,11 @@ class HtmlReporter:
         return [figure]
 
     def _matrix_figures(self, report, plt, plots_dir) -> list[Figure]:
-        """A spec with pairs: per method run per source, a heatmap of the main metric of each
-        source (row) on each target (column) at one k (the gap plots' k, or 0 for a method
-        that ignores k); the best source per target boxed, * where the paired tests find it
-        better than every other source."""
+        """A spec with pairs: per method run per source, heatmaps (one per k) of the main
+        metric of each source (row) on each target (column), with the difference to the
+        baseline (target-only) under each value; the best source per target boxed, * where
+        the paired tests find it better than every other source. A k whose matrix equals
+        the previous k's (a method that ignores k fills every column) is not drawn again."""
         spec = report["spec"]
         if "pairs" not in spec:
             return []
@@ -357,47 +358,61 @@ class HtmlReporter:
         metric = spec["main_metric"]
         inputs = matrix_inputs(report)
         mean, higher = inputs["mean"], inputs["higher"]
+        baseline = report.get("statistics", {}).get("baseline")
         sources, targets = spec_sources(spec), spec_targets(spec)
         groups = [m["label"] for m in spec["methods"] if m.get("sources", "each") == "each"]
-        chosen = self.options.get("gap_shots")
         figures = []
         for group in groups:
-            present = {k for (m, _, k) in mean if m.startswith(f"{group}@")}
-            if not present:
+            panels: list[tuple[Any, list[list[float | None]]]] = []
+            for k in spec["shots"]:
+                grid = [[mean.get((f"{group}@{s}", t, k)) for t in targets] for s in sources]
+                if any(v is not None for row in grid for v in row) and (
+                    not panels or grid != panels[-1][1]
+                ):
+                    panels.append((k, grid))
+            if not panels:
                 continue
-            numeric = sorted(k for k in present if k != "all")
-            k = chosen if chosen in present else next((k for k in numeric if k != 0), None)
-            k = k if k is not None else sorted(present, key=str)[0]
-            grid = [[mean.get((f"{group}@{s}", t, k)) for t in targets] for s in sources]
-            values = [v for row in grid for v in row if v is not None]
-            fig, ax = plt.subplots(figsize=(1.1 * len(targets) + 2.6, 0.6 * len(sources) + 1.8))
-            masked = [[float("nan") if v is None else v for v in row] for row in grid]
-            image = ax.imshow(masked, cmap="viridis" if higher else "viridis_r", aspect="auto")
-            ax.set_xticks(range(len(targets)), targets)
-            ax.set_yticks(range(len(sources)), sources)
-            ax.set_xlabel("target language")
-            ax.set_ylabel("source language")
-            middle = (min(values) + max(values)) / 2 if values else 0.0
-            for j, target in enumerate(targets):
-                for i, v in enumerate(row[j] for row in grid):
-                    if v is not None:
-                        shade = "black" if (v > middle) == higher else "white"
-                        ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=9, color=shade)
-                best = best_source(inputs, group, sources, target, k)
-                if best is not None and best[2] != "tie":
-                    top = sources.index(best[0])
-                    ax.add_patch(plt.Rectangle((j - 0.5, top - 0.5), 1, 1, fill=False, lw=2))
-                    if best[2] == "*":
-                        ax.text(j + 0.42, top - 0.3, "*", ha="right", va="top", fontsize=12)
-            fig.colorbar(image, ax=ax, label=metric)
-            ax.set_title(f"{group}, k={k}")
-            fig.tight_layout()
+            values = [v for _, grid in panels for row in grid for v in row if v is not None]
+            low, high = min(values), max(values)
+            fig, axes = plt.subplots(
+                1,
+                len(panels),
+                figsize=(len(panels) * (1.15 * len(targets) + 1.2) + 1.4, 0.7 * len(sources) + 1.9),
+                squeeze=False,
+            )
+            cmap = "viridis" if higher else "viridis_r"
+            for ax, (k, grid) in zip(axes[0], panels, strict=True):
+                masked = [[float("nan") if v is None else v for v in row] for row in grid]
+                image = ax.imshow(masked, cmap=cmap, vmin=low, vmax=high, aspect="auto")
+                ax.set_xticks(range(len(targets)), targets)
+                ax.set_yticks(range(len(sources)), sources)
+                ax.set_xlabel("target language")
+                ax.set_ylabel("source language")
+                ax.set_title(f"k={k}")
+                for j, target in enumerate(targets):
+                    base = mean.get((baseline, target, k)) if baseline else None
+                    for i, v in enumerate(row[j] for row in grid):
+                        if v is None:
+                            continue
+                        label = f"{v:.3f}" + ("" if base is None else f"\n{v - base:+.3f}")
+                        shade = "black" if (v > (low + high) / 2) == higher else "white"
+                        ax.text(j, i, label, ha="center", va="center", fontsize=8, color=shade)
+                    best = best_source(inputs, group, sources, target, k)
+                    if best is not None and best[2] != "tie":
+                        top = sources.index(best[0])
+                        ax.add_patch(plt.Rectangle((j - 0.5, top - 0.5), 1, 1, fill=False, lw=2))
+                        if best[2] == "*":
+                            ax.text(j + 0.42, top - 0.3, "*", ha="right", va="top", fontsize=12)
+            fig.colorbar(image, ax=list(axes[0]), label=metric)
+            fig.suptitle(group)
             caption = (
-                f"{group}: {metric} of a model trained on each source language (rows), on each "
-                f"target language's test split (columns), at k={k}, mean over seeds. Boxed: the "
-                "best source for the target; * where the paired tests find it better than every "
-                "other source (Holm-corrected with the report's other tests). `xleval report RUN "
-                "--view matrix` has every k and the methods trained on all sources together."
+                f"{group}: {metric} of a model trained on each source language (rows) on each "
+                "target language's test split (columns), mean over seeds, at each k"
+                + (f"; under each value its difference to {baseline} at that k" if baseline else "")
+                + ". Boxed: the best source for the target; * where the paired tests find it "
+                "better than every other source (Holm-corrected with the report's other "
+                "tests). `xleval report RUN --view matrix` also lists the methods trained on all "
+                "sources together against the best single source."
             )
             figures.append(
                 Figure.draw(fig, f"matrix_{group}", caption, f"{group} transfer matrix", plots_dir)
