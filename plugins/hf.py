@@ -71,29 +71,29 @@ HF_ENCODER_SCHEMA: dict[str, Any] = {
         "optimizer": {
             "enum": ["adam", "sgd", "adagrad"],
             "default": "adam",
-            "description": "Overrides the training section's optimizer for this model: "
-            "fine-tuning a pretrained encoder needs Adam and a small learning rate.",
+            "description": "The optimizer where the training section leaves it at the trainer's "
+            "default: fine-tuning a pretrained encoder needs Adam and a small learning rate.",
         },
         "lr": {
             "type": "number",
             "exclusiveMinimum": 0,
             "default": 3e-5,
-            "description": "Overrides the training section's learning rate for this model.",
+            "description": "The learning rate where the training section leaves it unset.",
         },
         "batch_size": {
             "type": "integer",
             "minimum": 2,
             "default": 16,
-            "description": "Overrides the training section's batch size for this model.",
+            "description": "The batch size where the training section leaves it unset.",
         },
         "threads": {
             "type": ["integer", "null"],
             "minimum": 1,
             "default": None,
             "description": "CPU threads for training and prediction (null: every core this "
-            "process may use; the processes executor gives each worker its share). Overrides "
-            "the training section's threads (1: right for the small bag models, not for an "
-            "encoder).",
+            "process may use; the processes executor gives each worker its share), where the "
+            "training section leaves its threads at 1 (right for the small bag models, not for "
+            "an encoder).",
         },
         "eval_batch_size": {
             "type": "integer",
@@ -154,6 +154,7 @@ HF_DATASET_SCHEMA: dict[str, Any] = {
         },
         "configs": {
             "type": ["object", "null"],
+            "minProperties": 1,
             "additionalProperties": {"type": "string", "minLength": 1},
             "default": None,
             "description": "One Hub config per language, language -> config name (e.g. "

@@ -210,10 +210,14 @@ class HFDataset:
 
 
 def _label(value: Any, names: dict[int, str]) -> Any:
+    """A row's label as a string: a ClassLabel's name (its -1, "no label", becomes a missing
+    label, which the row checks refuse), another integer as written."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
-        return names.get(value, str(value)) if names else str(value)
+        if names:
+            return names.get(value)
+        return str(value)
     return value
 
 

@@ -139,6 +139,15 @@ class HFEncoderClassifier(nn.Module):
             "threads": self.threads,  # capped by the executor's budget (torch_threads)
         }
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Back on its device after unpickling: the artifact store loads models onto the CPU
+        (``map_location="cpu"``), and a shared source model is reloaded whenever it was
+        evicted from memory."""
+        super().__setstate__(state)
+        if self.device_name != "cpu":
+            self.encoder.to(self.device_name)
+            self.classifier.to(self.device_name)
+
     @property
     def embedding(self) -> nn.Module:
         return self.encoder.get_input_embeddings()

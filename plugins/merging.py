@@ -105,12 +105,13 @@ def merge_state_dicts(
         if not start.is_floating_point():
             merged[name] = start.clone()
             continue
+        base_value = start.double()  # half-precision weights are summed in full precision
         if how == "average":
-            total = sum(w * m[name] for w, m in zip(weights or (), members, strict=True))
+            total = sum(w * m[name].double() for w, m in zip(weights or (), members, strict=True))
             merged[name] = (total / sum(weights or ())).to(start.dtype)
         else:
-            change = sum(m[name] - start for m in members)
-            merged[name] = (start + scale * change).to(start.dtype)
+            change = sum(m[name].double() - base_value for m in members)
+            merged[name] = (base_value + scale * change).to(start.dtype)
     return merged
 
 
@@ -127,6 +128,8 @@ class Merge(EvaluationProtocol):
         return not (shots == 0 and len(sources) == 1)
 
     def source_models(self, sources: tuple[str, ...]) -> list[api.TrainSet]:
+        if self.options.get("base", "source") != "source":
+            return []  # the joint base depends on the cell's shots: trained in the cell
         return [[["split", lang] for lang in sorted(sources)]]
 
     def check_model(self, builder: Any) -> None:

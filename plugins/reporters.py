@@ -364,7 +364,14 @@ def matrix_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
     baseline = report.get("statistics", {}).get("baseline")
     rows = report_methods(report)
     groups = list(dict.fromkeys(m["group"] for m in rows if m["label"] != m["group"]))
-    combined = [m["label"] for m in rows if m["label"] == m.get("group") and m["label"] != baseline]
+    summary = report.get("summary", {})
+    combined = [  # the methods trained on every source of a target (not target-only's kind)
+        m["label"]
+        for m in rows
+        if m["label"] == m.get("group")
+        and m["label"] != baseline
+        and not summary.get(m["label"], {}).get("transfer_gap_note")
+    ]
     targets, sources = spec_targets(spec), spec_sources(spec)
     parts = [
         f"{spec['main_metric']} ({direction(report)}) of each source language (rows) on each "

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import LABEL_WORDS, write_synthetic_dataset
@@ -297,6 +298,15 @@ def test_plugins_without_the_extra_are_listed_unavailable_with_the_install_comma
     jsonschema.validate(records, schema)
     (hf,) = [r for r in records if r["name"] == "xleval.hf"]
     assert hf["status"] == "unavailable" and "pip install 'xleval[hf]'" in hf["error"]
+    assert hf["error"].count("needs") == 1  # said once, though both of its hooks raise
+    typo = subprocess.run(
+        [sys.executable, "-c", script, "datasets", "show", "ddtp-sectons"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert "did you mean 'ddtp-sections'" in typo.stderr + typo.stdout
+    assert "xleval.hf" not in typo.stderr + typo.stdout  # not quoted as a failed plugin
     assert hf["components"] == {"datasets": ["hf"], "models": ["hf-encoder"]}
     assert all(r["status"] == "ok" for r in records if r["name"] != "xleval.hf")
     used = subprocess.run(
@@ -457,3 +467,61 @@ def test_a_split_column_decides_the_splits(tmp_path, data_rows):
     assert "unknown split 'validation'" in unknown
     missing = load_error({**base, "split_field": "nope"})
     assert "no column 'nope' for the split field" in missing
+
+
+def test_a_saved_and_reloaded_model_scores_as_before(tiny_encoder, data_rows, monkeypatch):
+    """The artifact store saves shared source models with torch.save and loads them onto the
+    CPU; the model must come back on its own device and predict exactly as before."""
+    import io
+
+    import torch
+
+    from xleval.train.trainer import predict_scores
+
+    model = build(tiny_encoder)
+    train_a_little(model, data_rows)
+    texts = [r["text"] for r in data_rows[:12]]
+    before = predict_scores(model, texts)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    again = torch.load(buffer, map_location="cpu", weights_only=False)
+    assert torch.equal(predict_scores(again, texts), before)
+    model.device_name = "cuda:7"  # as if built for a GPU: it must move back there
+    saved = io.BytesIO()
+    torch.save(model, saved)
+    saved.seek(0)
+    moved: list[tuple[str, Any]] = []
+    monkeypatch.setattr(
+        torch.nn.Module, "to", lambda self, *a, **k: moved.append((type(self).__name__, a)) or self
+    )
+    torch.load(saved, map_location="cpu", weights_only=False)
+    assert {(name, args) for name, args in moved} >= {("Linear", ("cuda:7",))}
+    assert any(args == ("cuda:7",) and name != "Linear" for name, args in moved)
+
+
+def test_the_encoders_training_defaults_fill_only_what_the_spec_leaves_unset():
+    from xleval.train.trainer import resolve_training_options, with_model_defaults
+
+    own = {"optimizer": "adam", "lr": 3e-5, "batch_size": 16, "threads": 2}
+    unset = with_model_defaults(resolve_training_options({"epochs": 3}), own)
+    assert (unset["optimizer"], unset["lr"], unset["batch_size"], unset["epochs"]) == (
+        "adam", 3e-5, 16, 3
+    )  # fmt: skip
+    finetune = with_model_defaults(resolve_training_options({"lr": 1e-5}), own)
+    assert (finetune["optimizer"], finetune["lr"]) == ("adam", 1e-5)  # the spec's rate kept
+    sgd = with_model_defaults(resolve_training_options({"optimizer": "sgd", "batch_size": 8}), own)
+    assert (sgd["optimizer"], sgd["lr"], sgd["batch_size"]) == ("sgd", 3e-5, 8)
+
+
+def test_an_unlabelled_classlabel_row_is_refused_with_its_place(tmp_path, data_rows):
+    data = hf_dataset(data_rows)
+    train = data["train"]
+    unlabelled = train.map(
+        lambda row, i: {"label": -1 if i == 3 else row["label"]}, with_indices=True
+    )
+    data["train"] = unlabelled
+    data.save_to_disk(str(tmp_path / "d"))
+    message = load_error({"path": str(tmp_path / "d"), "group_field": "group", "id_field": "id"})
+    before = sum(len(data[name]) for name in list(data)[: list(data).index("train")])
+    assert f"{tmp_path / 'd'}:{before + 4}: " in message and "label" in message, message

@@ -97,6 +97,13 @@ def test_bad_pairs_are_clear_errors(registry, over, message):
         resolve_spec(spec, registry)
 
 
+def test_statistics_name_the_rows_a_spec_with_pairs_runs(registry):
+    with pytest.raises(SpecError, match=r"'transfer' is not a method label \(target-only, zero"):
+        resolve_spec(raw(statistics={"baseline": "transfer"}), registry)
+    spec = resolve_spec(raw(statistics={"compare": [["transfer@en", "fusion"]]}), registry)
+    assert spec.statistics["compare"] == [["transfer@en", "fusion"]]
+
+
 def test_sources_without_pairs_is_an_error(registry):
     spec = {k: v for k, v in raw().items() if k not in ("languages", "pairs")}
     spec.update(source="en", targets=["de"])
@@ -159,8 +166,14 @@ sources = "all"
     assert de_row.split()[1:4] == ["1.000", "(+0.000)", "·"]  # de -> en, then de -> de: none
     table = CliRunner().invoke(build_cli(), ["report", str(out)])
     assert "transfer@fr" in table.output and "joint" not in table.output
-    classic = CliRunner().invoke(build_cli(), ["report", str(out), "--view", "gaps"])
-    assert classic.exit_code == 0, classic.output
+    gaps = CliRunner().invoke(build_cli(), ["report", str(out), "--view", "gaps"]).output
+    tokens = next(t for t in map(str.split, gaps.splitlines()) if t[:2] == ["transfer@de", "4"])
+    assert tokens[2] != "–" and tokens[5] == "–"  # de -> en: a gap [interval]; de -> de: none
+    ranks = CliRunner().invoke(build_cli(), ["report", str(out), "--view", "ranks"]).output
+    target_only = next(line for line in ranks.splitlines() if line.startswith("target-only"))
+    assert (
+        target_only.split()[1] != "–"
+    )  # ranked over the columns where every row that runs there ran
     page = (out / "report.html").read_text()
     assert "Transfer matrix" in page and "every ordered pair of en, de, fr" in page
     assert (out / "plots" / "matrix_zero-shot.png").is_file()

@@ -691,7 +691,9 @@ def gap_terms(
     scores than the source's (mean over the sources), in metric units — source − target for
     a metric where higher is better, target − source where lower is: lower is better."""
     sign = 1.0 if higher else -1.0
-    sources = spec.sources
+    # the cells' own sources: in a spec with pairs, each method row has its own
+    first = next(iter(by_seed.values()), {})
+    sources = tuple(first.get("sources") or spec.sources)
     return [Term(sign / len(sources), s, by_seed, on_source=True) for s in sources] + [
         Term(-sign, target, by_seed)
     ]
@@ -856,12 +858,19 @@ def summarize(
     ranks: dict[Column, float] = {}
     complete: list[tuple[str, Any]] = []
     for target in spec.targets:
+        # the methods that run on this target (all of them, but in a spec with pairs, where
+        # a row run from one source has no column of that source's own language)
+        expected = [
+            m.label
+            for m in spec.methods
+            if any(t == target for t, _, _ in m.runs(spec.targets, spec.sources))
+        ]
         for shots in spec.shots:
             present = [m for m in labels if (m, target, shots) in means]
             values = [means[(m, target, shots)] for m in present]
             for m, r in zip(present, average_ranks(values, higher_is_better), strict=True):
                 ranks[(m, target, shots)] = r
-            if len(present) == len(labels):
+            if len(present) == len(expected):
                 complete.append((target, shots))
 
     reference = target_only_reference(spec)
@@ -887,7 +896,7 @@ def summarize(
                 "transfer_gap_per_target": {},
                 "transfer_gap_per_target_ci": {},
                 "ranks": {t: _finite_or_none(ranks[(label, t, shots)]) for t in targets},
-                "complete": len(targets) == len(spec.targets),
+                "complete": len(targets) == len(method.runs(spec.targets, spec.sources)),
             }
             interval(row, "score_ci", score_terms)
             if with_gap:
@@ -912,7 +921,7 @@ def summarize(
                         ],
                     )
             rows[str(shots)] = row
-        ranked = [ranks[(label, t, s)] for t, s in complete]
+        ranked = [ranks[(label, t, s)] for t, s in complete if (label, t, s) in ranks]
         ranked = [r for r in ranked if not math.isnan(r)]
         summary[label] = {
             "metric": metric,
@@ -1014,7 +1023,7 @@ def analyse(
     evaluated = evaluated_on(cells)
     languages = {
         lang: prepare_language(lang, evaluated.get(lang, []), metrics, predictions, notes)
-        for lang in (*spec.targets, *spec.sources)
+        for lang in dict.fromkeys((*spec.targets, *spec.sources))
     }
     estimator = Estimator(languages)
     higher = bool(metrics[spec.main_metric].higher_is_better)

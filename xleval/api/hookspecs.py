@@ -52,7 +52,8 @@ def xleval_register_models(register: Register) -> None:
     ``sparse=True`` get sparse-capable optimisers; parameters with
     ``requires_grad=False`` are not trained. Optional on the model:
     ``training_overrides``, a mapping of trainer options (optimizer, lr, batch_size, ...)
-    that win over the spec's training options for it (an encoder's own options). Optional
+    that stand in for the trainer's defaults where the spec's training options leave them
+    unset (an encoder's own options; a value the spec sets is kept). Optional
     on the builder: ``identity() -> JSON data`` naming what outside the spec decides its
     models' results (e.g. weight file hashes): it enters the cell keys, so changed files
     are recomputed, and the report.

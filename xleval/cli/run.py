@@ -500,9 +500,11 @@ def print_grid(spec, cells) -> None:
         [m.label, m.protocol, *[counts.get((m.label, t), 0) for t in spec.targets]]
         for m in spec.methods
     ]
-    click.echo(
-        f"{spec.name}: {'+'.join(spec.sources)} -> {', '.join(spec.targets)}; "
-        f"shots {list(spec.shots)}; seeds {list(spec.seeds)}"
+    languages = (
+        f"{len(spec.pairs)} (source, target) pairs of {', '.join(spec.targets)}"
+        if spec.pairs
+        else f"{'+'.join(spec.sources)} -> {', '.join(spec.targets)}"
     )
+    click.echo(f"{spec.name}: {languages}; shots {list(spec.shots)}; seeds {list(spec.seeds)}")
     click.echo(tabulate(rows, headers=["method", "protocol", *spec.targets]))
     click.echo(f"{len(cells)} cells")

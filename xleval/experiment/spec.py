@@ -367,14 +367,14 @@ def resolve_spec(
             if top_training is not None
             else None  # the top-level training's errors are reported once, at 'training'
         )
-        if "sources" in m and not pairs:
+        if "sources" in m and "pairs" not in spec:
             errors.append(f"at '{where}.sources': it applies to specs with pairs")
         method = _resolve_method(
             m, label, where, model, training, spec["shots"], sources, registry, errors
         )
         if method is None:
             continue
-        if not pairs:
+        if "pairs" not in spec:
             methods.append(method)
             continue
         expanded = _per_pair(
@@ -412,15 +412,19 @@ def resolve_spec(
             "one seed: a single training run says nothing about the next, so the report makes "
             "no significance claims and gives no interval over seeds; use 3 or more seeds"
         )
-    if statistics["baseline"] is not None and statistics["baseline"] not in labels:
+    rows = [m.label for m in methods] if pairs else labels  # pairs: the rows the entries run
+    if statistics["baseline"] is not None and statistics["baseline"] not in rows:
         errors.append(
             f"at 'statistics.baseline': '{statistics['baseline']}' is not a method label "
-            f"({', '.join(labels)})"
+            f"({', '.join(rows)})"
         )
     for i, pair in enumerate(statistics["compare"]):
         for j, label in enumerate(pair):
-            if label not in labels:
-                errors.append(f"at 'statistics.compare[{i}][{j}]': '{label}' is not a method label")
+            if label not in rows:
+                errors.append(
+                    f"at 'statistics.compare[{i}][{j}]': '{label}' is not a method label "
+                    f"({', '.join(rows)})"
+                )
 
     cells = len(spec["seeds"]) * sum(
         len(shots) for m in methods for _, _, shots in m.runs(targets, sources)
@@ -709,7 +713,16 @@ def _check_models(spec: ExperimentSpec, registry: Registry) -> list[SpecProblem]
     """A protocol's optional ``check_model(builder)``: what it needs of the method's model
     (e.g. ``merge``: parameter shapes that do not depend on the training texts)."""
     errors: list[SpecProblem] = []
+    checked: set[str] = set()
     for method in spec.methods:
+        once = json.dumps(
+            [method.protocol, method.options, method.model.name, method.model.options],
+            sort_keys=True,
+            default=str,
+        )
+        if once in checked:  # the rows of one entry of a spec with pairs: checked once
+            continue
+        checked.add(once)
         protocol = registry.build("protocols", method.protocol, method.options)
         check = getattr(protocol, "check_model", None)
         if not callable(check):

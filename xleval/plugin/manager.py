@@ -248,14 +248,16 @@ def collect_components(pm: XlevalPluginManager) -> None:
             try:
                 impl.function(register=register)
             except PluginUnavailable as exc:
-                record.fail(str(exc), status="unavailable")
+                if record.error != str(exc):  # each of its hooks says the same once
+                    record.fail(str(exc), status="unavailable")
             except (Exception, SystemExit) as exc:
                 record.fail(exc, hook=hook_name)
             record.components.setdefault(kind, []).extend(added)
     for record in pm.records.values():
         if record.status not in ("failed", "unavailable"):
             continue
-        pm.registry.failed_plugins[record.name] = record.error or record.status
+        if record.status == "failed":  # an unavailable plugin failed nothing: not quoted
+            pm.registry.failed_plugins[record.name] = record.error or "failed"
         for kind, names in record.components.items():  # a half-registered plugin is unusable
             for name in names:
                 stored = pm.registry.peek(kind, name)

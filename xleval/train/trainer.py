@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xleval.errors import OptionsError, TrainingDivergedError
-from xleval.experiment.training_options import OPTIMIZERS, resolve_training_options
+from xleval.experiment.training_options import DEFAULT_LR, OPTIMIZERS, resolve_training_options
 from xleval.train.rowkernel import _rowkernels, row_kernel_available
 
 
@@ -420,6 +420,28 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
     return list(torch.tensor_split(order, _batch_count(n, batch_size)))
 
 
+def with_model_defaults(
+    opts: dict[str, Any], overrides: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """``opts`` with a model's ``training_overrides`` in place of the trainer's defaults:
+    an encoder's Adam at 3e-5 where the spec says nothing, the spec's value where it sets
+    another (a transfer method's ``finetune = { lr = 1e-5 }`` is kept). ``lr`` counts as
+    unset when it is the spec's optimizer's default rate."""
+    if not overrides:
+        return opts
+    defaults = resolve_training_options({})
+    merged = dict(opts)
+    for key, value in overrides.items():
+        unset = (
+            opts["lr"] == DEFAULT_LR[opts["optimizer"]]
+            if key == "lr"
+            else opts.get(key) == defaults.get(key)
+        )
+        if unset:
+            merged[key] = value
+    return resolve_training_options(merged)
+
+
 def train(
     model: nn.Module,
     texts: Sequence[str],
@@ -442,10 +464,9 @@ def train(
     Adagrad on a fused path: gradients by hand, one update per distinct row, batches
     planned once (``fused=False`` forces the autograd path, e.g. to compare them).
     """
-    opts = resolve_training_options(options)
-    overrides = getattr(model, "training_overrides", None)
-    if overrides:  # the model's own options (e.g. an encoder's optimizer and rate) win
-        opts = resolve_training_options({**opts, **overrides})
+    opts = with_model_defaults(
+        resolve_training_options(options), getattr(model, "training_overrides", None)
+    )
     started = time.perf_counter()
     y = torch.as_tensor(labels, dtype=torch.int64)
     n = len(y)
