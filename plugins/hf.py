@@ -20,6 +20,7 @@ from typing import Any
 from xleval_plugins.datasets import SELECTION_OPTIONS, split_ratios_option
 
 from xleval.api import PluginUnavailable, Register, hookimpl
+from xleval.api.files import content_key
 from xleval.errors import OptionsError
 
 #: The distributions of the ``hf`` extra (pyproject.toml) these plugins import.
@@ -237,8 +238,8 @@ def directory_hashes(directory: Path) -> dict[str, str]:
 
 def resolve_model_directory(model: str, revision: str | None) -> Path:
     """The local directory of ``model``: itself, or the Hub snapshot of ``revision``
-    (downloaded where there is network, else taken from the Hub cache)."""
-    _check_source(model, revision)
+    (downloaded where there is network, else taken from the Hub cache). ``model`` and
+    ``revision`` are the builder's, checked when it was made (:func:`_check_source`)."""
     local = Path(model).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
@@ -303,13 +304,8 @@ class HFEncoderBuilder:
 
         if self._loaded is None:
             self._loaded = load_encoder(str(self.directory))
-        options = {**self.options, "identity": _identity_digest(self.identity())}
+        options = {**self.options, "identity": content_key(self.identity())}
         return build_classifier(self._loaded, n_classes, options)
-
-
-def _identity_digest(identity: dict[str, Any]) -> str:
-    text = repr(sorted((k, repr(v)) for k, v in identity.items()))
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _check_source(model: str, revision: str | None) -> None:

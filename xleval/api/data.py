@@ -187,21 +187,23 @@ def assign_splits(
 
 def spec_targets(spec: Mapping[str, Any]) -> list[str]:
     """The target languages of a report's ``spec``: its ``targets``, or in a spec with
-    ``pairs`` (a transfer matrix) each pair's target, in order of first appearance."""
-    if "targets" in spec:
-        return list(spec["targets"])
-    if spec.get("pairs") == "all":
-        return list(spec["languages"])
-    return list(dict.fromkeys(pair[1] for pair in spec.get("pairs", ())))
+    ``pairs`` (a transfer matrix) its languages, in the order its tables list them."""
+    return list(spec["targets"]) if "targets" in spec else _paired(spec, 1)
 
 
 def spec_sources(spec: Mapping[str, Any]) -> list[str]:
     """The source languages of a report's ``spec``, in the order its tables list them."""
     if "source" in spec:
         return [spec["source"]] if isinstance(spec["source"], str) else list(spec["source"])
+    return _paired(spec, 0)
+
+
+def _paired(spec: Mapping[str, Any], side: int) -> list[str]:
+    """The sources (side 0) or targets (side 1) of a spec with pairs: its ``languages`` for
+    pairs = "all", else each pair's in order of first appearance."""
     if spec.get("pairs") == "all":
         return list(spec["languages"])
-    return list(dict.fromkeys(pair[0] for pair in spec.get("pairs", ())))
+    return list(dict.fromkeys(pair[side] for pair in spec.get("pairs", ())))
 
 
 def report_methods(report: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -323,8 +323,9 @@ def resolve_spec(
         return top_model[0]
 
     pairs = _resolve_pairs(spec, errors) if "pairs" in spec else ()
+    #: with pairs = "all", the languages in the spec's order (the tables' order)
+    order = tuple(spec.get("languages") or ()) if spec.get("pairs") == "all" else ()
     if "pairs" in spec:
-        order = tuple(spec.get("languages") or ()) if spec["pairs"] == "all" else ()
         sources = order or tuple(dict.fromkeys(s for s, _ in pairs))
         targets = order or tuple(dict.fromkeys(t for _, t in pairs))
     else:
@@ -456,7 +457,7 @@ def resolve_spec(
         methods=tuple(methods),
         warnings=tuple(warnings),
         pairs=pairs,
-        languages=tuple(spec.get("languages") or ()) if spec.get("pairs") == "all" else (),
+        languages=order,
     )
 
 
@@ -479,6 +480,16 @@ def _resolve_pairs(spec: dict[str, Any], errors: list[SpecProblem]) -> tuple[tup
     return tuple(out)
 
 
+def _protocol_runs(
+    protocol: Any, shots: Sequence[int | str], sources: tuple[str, ...]
+) -> tuple[tuple[int | str, ...], tuple[Any, ...]]:
+    """What a protocol says of its cells with these sources: the shots it runs (k = 0 only
+    if it ignores k) and the training sets of the source models they share."""
+    ignores = getattr(protocol, "ignores_shots", False)
+    runs = tuple(k for k in ((0,) if ignores else shots) if protocol.runs_at(k, sources))
+    return runs, tuple(protocol.source_models(sources))
+
+
 def _per_pair(
     method: MethodSpec,
     mode: str,
@@ -495,9 +506,7 @@ def _per_pair(
     sources, targets = order
 
     def entry(target: str, sources: tuple[str, ...]) -> tuple[Any, ...]:
-        ignores = getattr(protocol, "ignores_shots", False)
-        runs = tuple(k for k in ((0,) if ignores else shots) if protocol.runs_at(k, sources))
-        return (target, sources, runs, tuple(protocol.source_models(sources)))
+        return (target, sources, *_protocol_runs(protocol, shots, sources))
 
     of_target = {t: tuple(s for s in sources if (s, t) in pairs) for t in targets}
     if mode == "all" or not method.learns_from_source:
@@ -600,12 +609,7 @@ def _resolve_method(
         protocol = component.build(options)
         slots: dict[str, Any] = dict(getattr(protocol, "components", {}) or {})
         training_slots = list(getattr(protocol, "trainings", {}) or {})
-        runs = tuple(
-            k
-            for k in ((0,) if getattr(protocol, "ignores_shots", False) else shots)
-            if protocol.runs_at(k, sources)
-        )
-        source_models = tuple(protocol.source_models(sources))
+        runs, source_models = _protocol_runs(protocol, shots, sources)
     except XlevalError as exc:
         errors.append(f"at '{where}.protocol': {exc}")
         return None
