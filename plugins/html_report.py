@@ -135,10 +135,11 @@ def _sha256(data: bytes) -> str:
 #: the reporter's options, this module's code and matplotlib's version).
 FIGURE_INPUTS = (
     "spec", "metrics", "aggregates", "summary", "calibration", "statistics", "comparisons",
+    "variance",
 )  # fmt: skip
 #: In the plots folder: the key and figures of the page last written there.
 FIGURE_CACHE = "figures.json"
-FIGURE_GROUPS = ("curves", "gap_figures", "calibration", "matrix_figures")
+FIGURE_GROUPS = ("curves", "gap_figures", "calibration", "matrix_figures", "variance_figures")
 
 
 def _fixed_grid(fig: Any, rows: int, cols: int, legend_rows: int) -> float:
@@ -420,6 +421,91 @@ class HtmlReporter:
             plt.close(fig)
         return figures
 
+    def _variance_figures(self, report, plt, plots_dir) -> list[Figure]:
+        """One stacked bar per method and k: the shares of one run's variance that come
+        from the training seed, the shot draw and the test examples (mean over targets of
+        each component), the total standard deviation above it."""
+        entries = report.get("variance") or []
+        if not entries:
+            return []
+        spec = report["spec"]
+        methods = [m["label"] for m in self._methods(report)]
+        shots = [s for s in spec["shots"]]
+        parts = ("seed", "draw", "examples")
+        independent = {a["method"] for a in report["aggregates"] if a.get("shots_independent")}
+        bars: list[tuple[str, Any, dict[str, float], bool]] = []
+        for method in methods:
+            for k in shots[:1] if method in independent else shots:
+                group = [e for e in entries if e["method"] == method and e["shots"] == k]
+                if not group or any(e["components"]["seed"] is None for e in group):
+                    continue
+                mean = {
+                    p: sum((e["components"][p] or {"variance": 0.0})["variance"] for e in group)
+                    / len(group)
+                    for p in parts
+                }
+                merged = any("includes the shot draw" in (e.get("note") or "") for e in group)
+                bars.append((method, k, mean, merged))
+        if not bars:
+            return []
+        colours = {"seed": PALETTE[0], "draw": PALETTE[1], "examples": PALETTE[2]}
+        names = {
+            "seed": "training seed",
+            "draw": "shot draw",
+            "examples": "test examples",
+        }
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(bars) + 2.5), 4.6))
+        xs = list(range(len(bars)))
+        bottoms = [0.0] * len(bars)
+        for p in parts:
+            heights = []
+            for _, _, mean, _ in bars:
+                total = sum(mean.values())
+                heights.append(mean[p] / total if total else 0.0)
+            hatches = ["//" if p == "seed" and merged else "" for _, _, _, merged in bars]
+            for x, h, b, hatch in zip(xs, heights, bottoms, hatches, strict=True):
+                ax.bar(x, h, bottom=b, color=colours[p], hatch=hatch, edgecolor="white")
+            bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+        for x, (_, _, mean, _) in zip(xs, bars, strict=True):
+            ax.text(x, 1.01, f"{sum(mean.values()) ** 0.5:.3f}", ha="center", fontsize=7)
+        labels = [f"{m}\n{'any k' if m in independent else f'k={k}'}" for m, k, _, _ in bars]
+        ax.set_xticks(xs, labels, rotation=90, fontsize=8)
+        ax.set_ylim(0, 1.08)
+        ax.set_ylabel("share of one run's variance")
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=colours[p], label=names[p]) for p in parts]
+        if any(merged for *_, merged in bars):
+            handles.append(
+                Patch(
+                    facecolor=colours["seed"],
+                    hatch="//",
+                    edgecolor="white",
+                    label="seed with its draw (no shot_draws)",
+                )
+            )
+        ax.legend(
+            handles=handles, frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0)
+        )
+        fig.tight_layout()
+        caption = (
+            f"Where the spread of {spec['main_metric']} comes from: per method and k, the "
+            "share of the variance of one run's score due to the training seed (the shot "
+            "draw held fixed), the shot draw (the seed held fixed) and the test examples "
+            "(another test set of this size), mean over targets; the number above a bar is "
+            "the standard deviation of one run's score."
+            + (
+                " Hatched: one draw of the shots per seed (no shot_draws), so the seed's part "
+                "includes the draw's."
+                if any(merged for *_, merged in bars)
+                else ""
+            )
+            + " Intervals: xleval report RUN --view variance."
+        )
+        figure = Figure.draw(fig, "variance", caption, "Variance components", plots_dir)
+        plt.close(fig)
+        return [figure]
+
     def _calibration(self, report, plt, plots_dir) -> list[Figure]:
         curves = [
             c for c in report.get("calibration") or [] if c["protocol"] in ("fusion", "target-only")
@@ -474,6 +560,7 @@ class HtmlReporter:
             "gap_figures": self._gap_figures(report, plt, plots_dir),
             "calibration": self._calibration(report, plt, plots_dir),
             "matrix_figures": self._matrix_figures(report, plt, plots_dir),
+            "variance_figures": self._variance_figures(report, plt, plots_dir),
         }
         if cache is not None:
             write_keyed(cache, key, {g: [f.to_json() for f in fs] for g, fs in drawn.items()})
@@ -558,7 +645,7 @@ class HtmlReporter:
         failures = [
             {
                 "cell": f"{c['method']} {'+'.join(c['sources'])}->{c['target']} k={c['shots']} "
-                f"seed={c['seed']}",
+                f"seed={c['seed']}" + (f" draw={c['draw']}" if c.get("draw") is not None else ""),
                 "error": c["error"],
             }
             for c in report["cells"]
@@ -583,6 +670,7 @@ class HtmlReporter:
             curves=figures["curves"],
             gap_figures=figures["gap_figures"],
             matrix_figures=figures["matrix_figures"],
+            variance_figures=figures["variance_figures"],
             comparisons=comparisons,
             comparison_headers=headers,
             alpha=f"{1 - spec.get('statistics', {}).get('confidence', 0.95):.3g}",

@@ -6,7 +6,8 @@ support it: ``*`` when it is significantly better than the runner-up, ``=`` on e
 not shown to differ from the best otherwise; with one seed nothing is tested and nothing
 is marked. ``†`` marks cells that trained on fewer than k examples of some class. Other
 views of the same report: ``comparisons``, ``gaps`` (transfer gap), ``ranks`` and
-``curves``. "Best" follows the metric's direction (lower is better for a loss).
+``curves``, ``matrix``, and from :mod:`xleval_plugins.views` ``variance`` and ``by-script``.
+"Best" follows the metric's direction (lower is better for a loss).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
+from xleval_plugins.views import by_script_view, variance_view
 
 from xleval.api import Register, hookimpl, report_methods, spec_sources, spec_targets
 from xleval.api.files import atomic_write_text
 
-VIEWS = ("main", "comparisons", "gaps", "ranks", "curves", "matrix")
+VIEWS = ("main", "comparisons", "gaps", "ranks", "curves", "matrix", "variance", "by-script")
 BEST, TIED, UNTESTED, SHORT = "*", "=", "?", "†"
 
 
@@ -203,6 +205,11 @@ def main_view(report: dict[str, Any], digits: int, tablefmt: str) -> str:
     title = (
         f"{spec['main_metric']} on the target test split ({direction(report)}), mean ± std "
         f"over {len(spec['seeds'])} seed(s)"
+        + (
+            f", each the mean of its {len(spec['shot_draws'])} shot draws where k > 0"
+            if len(spec.get("shot_draws") or ()) >= 2
+            else ""
+        )
     )
     text = title + "\n" + marks_legend(report) + "\n\n"
     text += tabulate(rows, headers=header, tablefmt=tablefmt)
@@ -567,6 +574,10 @@ class TableReporter:
             text = curves_view(report, self.digits, self.tablefmt)
         elif self.view == "matrix":
             text = matrix_view(report, self.digits, self.tablefmt)
+        elif self.view == "variance":
+            text = variance_view(report, self.digits, self.tablefmt)
+        elif self.view == "by-script":
+            text = by_script_view(report, self.digits, self.tablefmt)
         else:
             text = main_view(report, self.digits, self.tablefmt)
         failed = [c for c in report["cells"] if c["status"] == "failed"]
@@ -607,7 +618,9 @@ TABLE_OPTIONS = {
             "default": "main",
             "description": "main: the main-metric table; comparisons: paired tests; gaps: "
             "transfer gap; ranks: ranks and win/tie/loss; curves: learning curves; matrix: "
-            "source x target tables of a spec with pairs.",
+            "source x target tables of a spec with pairs; variance: the spread of a score "
+            "split into training seed, shot draw and test examples; by-script: transfer gaps "
+            "by the scripts of source and target.",
         },
         "family": {
             "enum": ["planned", "pairwise", "all"],

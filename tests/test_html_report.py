@@ -19,7 +19,9 @@ from xleval.report.build import read_report
 
 pytestmark = pytest.mark.usefixtures("clean_plugin_env")
 
-SECTIONS = ["summary", "curves", "gaps", "comparisons", "calibration", "failures", "provenance"]
+SECTIONS = [
+    "summary", "curves", "gaps", "variance", "comparisons", "calibration", "failures", "provenance"
+]  # fmt: skip
 EVIL = '<script>alert("x")</script>"'
 
 
@@ -85,7 +87,7 @@ def test_run_writes_html_and_plots_next_to_the_report(run_dir):
     parser = PageParser()
     parser.feed(page)
     assert set(SECTIONS) <= parser.ids
-    for name in ("learning_curves", "transfer_gap", "calibration"):
+    for name in ("learning_curves", "transfer_gap", "variance", "calibration"):
         for suffix in ("png", "svg"):
             assert (run_dir / "plots" / f"{name}.{suffix}").stat().st_size > 1000
 
@@ -97,7 +99,7 @@ def test_every_image_decodes_and_every_section_is_there(run_dir, tmp_path):
     parser = PageParser()
     parser.feed(page)
     assert set(SECTIONS) <= parser.ids
-    assert len(parser.images) == 3  # learning curves, transfer gap, calibration
+    assert len(parser.images) == 4  # learning curves, transfer gap, variance, calibration
     for image in parser.images:
         prefix = "data:image/png;base64,"
         assert image["src"].startswith(prefix), "images must be embedded, not linked"

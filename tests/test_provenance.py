@@ -134,6 +134,8 @@ print(json.dumps({{"used": used, "covered": sorted(covered)}}))
         "xleval_plugins.html_report",
         "xleval_plugins.merging",  # the merge protocol's entry point, unused here
         "xleval_plugins.reporters",
+        "xleval_plugins.views",  # the reporters' variance and by-script views
+        "xleval.api.languages",  # language metadata, for the by-script view and reports
         "xleval.specs",  # the spec schema, read to resolve the method (before any cell)
     }
     missing = set(result["used"]) - set(result["covered"]) - not_computing

@@ -111,6 +111,8 @@ class LanguageValues:
     n_examples: int
     values: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     binary: set[tuple[str, str]] = field(default_factory=set)
+    #: a seed's mean over D draws of 0/1 values (see collapse_draws): D × value is integer
+    draw_means: dict[tuple[str, str], int] = field(default_factory=dict)
     grouped: set[str] = field(default_factory=set)
     digests: dict[str, str] = field(default_factory=dict)
 
@@ -327,17 +329,21 @@ class Estimator:
     def binary_sums(
         self, lang: str, a: Mapping[int, dict], b: Mapping[int, dict], seeds, metric: str
     ) -> np.ndarray | None:
-        """Per example, Σ over seeds of A's 0/1 value − B's; None unless all are 0/1."""
+        """Per example, Σ over seeds of A's 0/1 value − B's; None unless all are 0/1. A
+        seed's mean over D shot draws counts as the sum over its draws (its values × D; the
+        other method's × D too when it has no draws), so the sums stay integers."""
         lv = self.languages.get(lang)
         if lv is None:
             return None
         keys = [(c[s]["key"], metric) for c in (a, b) for s in seeds]
-        if not all(k in lv.binary for k in keys):
+        scales = [1 if k in lv.binary else lv.draw_means.get(k) for k in keys]
+        if any(scale is None for scale in scales):
             return None
+        common = math.lcm(*cast(list[int], scales))
         total = sum(
             lv.values[(a[s]["key"], metric)] - lv.values[(b[s]["key"], metric)] for s in seeds
         )
-        return np.round(total).astype(np.int64)
+        return np.round(common * total).astype(np.int64)
 
 
 def interval_fields(estimate: SeedsAndExamples | None, confidence: float) -> dict[str, Any]:
@@ -355,6 +361,166 @@ def interval_fields(estimate: SeedsAndExamples | None, confidence: float) -> dic
 
 def _finite_or_none(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
+
+
+# -- shot draws: a seed's draws are one replicate ----------------------------------------
+
+
+def _mean_of(values: Sequence[float | None]) -> float | None:
+    if any(v is None for v in values):
+        return None
+    return safe_sum(cast(list[float], values)) / len(values)
+
+
+def _mean_metrics(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    names = set.intersection(*(set(p) for p in parts)) if parts else set()
+    return {name: _mean_of([p[name] for p in parts]) for name in sorted(names)}
+
+
+def collapse_draws(
+    cells: Sequence[dict[str, Any]], languages: Mapping[str, LanguageValues | None]
+) -> list[dict[str, Any]]:
+    """Each (method, target, shots, seed) whose cells are shot draws (a spec's
+    ``shot_draws``) as one cell: its metrics and per-example values the mean over the
+    draws. A seed and its draws are then one replicate, independent of the other seeds'
+    (each seed draws its own samples), so every interval and test — built on seeds —
+    generalises to new seeds, new draws and new test examples. A seed with a failed or
+    missing draw fails as a whole (the mean over fewer draws would be another quantity).
+    Cells without draws are kept as they are."""
+    out: list[dict[str, Any]] = []
+    groups: dict[tuple[str, str, Any, int], list[dict[str, Any]]] = {}
+    # per language, each cell key's metrics with per-example values (indexed once)
+    metrics_of: dict[str, dict[str, list[str]]] = {}
+    for lang, lv in languages.items():
+        if lv is not None:
+            index: dict[str, list[str]] = {}
+            for key, metric in lv.values:
+                index.setdefault(key, []).append(metric)
+            metrics_of[lang] = index
+    for c in cells:
+        if c.get("draw") is None:
+            out.append(c)
+        else:
+            groups.setdefault((c["method"], c["target"], c["shots"], c["seed"]), []).append(c)
+    for group in groups.values():
+        group.sort(key=lambda c: c["draw"])
+        first = group[0]
+        key = "draws:" + hashlib.sha256("\0".join(c["key"] for c in group).encode()).hexdigest()
+        merged = {k: v for k, v in first.items() if k not in ("draw", "provenance")}
+        merged |= {"key": key, "draws": [c["draw"] for c in group]}
+        bad = [c for c in group if c["status"] != "ok"]
+        if bad:
+            out.append(
+                merged
+                | {
+                    "status": bad[0]["status"],
+                    "metrics": {},
+                    "source_metrics": {},
+                    "error": f"draw {bad[0]['draw']}: {bad[0]['error']}",
+                }
+            )
+            continue
+        infos = [c.get("info") or {} for c in group]
+        shortfall: dict[str, int] = {}
+        for info in infos:
+            for label, missing in (info.get("shortfall") or {}).items():
+                shortfall[label] = max(shortfall.get(label, 0), int(missing))
+        merged["info"] = {
+            "n_shots": _mean_of([info.get("n_shots") for info in infos]),
+            "shortfall": shortfall,
+        }
+        merged["metrics"] = _mean_metrics([c["metrics"] for c in group])
+        merged["source_metrics"] = {
+            lang: _mean_metrics([(c.get("source_metrics") or {}).get(lang, {}) for c in group])
+            for lang in first.get("source_metrics") or {}
+        }
+        for lang, lv in languages.items():
+            if lv is None:
+                continue
+            for metric in metrics_of[lang].get(first["key"], ()):
+                rows = [lv.values.get((c["key"], metric)) for c in group]
+                if all(r is not None for r in rows):
+                    lv.values[(key, metric)] = np.mean(np.stack(cast(list, rows)), axis=0)
+                    if all((c["key"], metric) in lv.binary for c in group):
+                        lv.draw_means[(key, metric)] = len(group)
+            digests = [lv.digests.get(c["key"]) for c in group]
+            if all(d is not None for d in digests):
+                lv.digests[key] = hashlib.sha256("".join(cast(list, digests)).encode()).hexdigest()
+        out.append(merged)
+    return out
+
+
+# -- variance components: training seed, shot draw, test examples ------------------------
+
+
+def variance_components(
+    cells: Sequence[dict[str, Any]],
+    spec: ExperimentSpec,
+    languages: Mapping[str, LanguageValues | None],
+    metric: str,
+    confidence: float,
+) -> list[dict[str, Any]]:
+    """Per (method, target, shots) column, the main metric's spread split into training
+    seed, shot draw and test examples (:mod:`xleval.analysis.variance`), from the cells
+    themselves (draws not collapsed)."""
+    from xleval.analysis.variance import balanced, components
+
+    columns = grid_columns(cells, spec)
+    order = {m.label: i for i, m in enumerate(spec.methods)}
+    shots_order = {s: i for i, s in enumerate(spec.shots)}
+    out = []
+    for method, target, shots in sorted(
+        columns, key=lambda col: (order[col[0]], col[1], shots_order.get(col[2], 0))
+    ):
+        ok = [
+            c
+            for c in columns[(method, target, shots)]
+            if c["status"] == "ok" and c["metrics"].get(metric) is not None
+        ]
+        layout = balanced(ok)
+        if layout is None:
+            continue
+        seeds, draws, grid = layout
+        z = np.array([[c["metrics"][metric] for c in row] for row in grid], dtype=np.float64)
+        finite = np.all(np.isfinite(z), axis=1)
+        notes = []
+        if not finite.all():  # a diverged run's NaN is never evidence: its seed is left out
+            left_out = [s for s, ok_row in zip(seeds, finite.tolist(), strict=True) if not ok_row]
+            notes.append(f"seed(s) {', '.join(map(str, left_out))} left out: a value is not finite")
+            grid = [row for row, ok_row in zip(grid, finite.tolist(), strict=True) if ok_row]
+            z = z[finite]
+        if not len(grid):
+            continue
+        lv = languages.get(target)
+        rows = [None if lv is None else lv.values.get((c["key"], metric)) for r in grid for c in r]
+        table = None if any(r is None for r in rows) else np.stack(cast(list, rows))
+        if table is not None and not np.all(np.isfinite(table)):
+            table = None
+            notes.append("a per-example value is not finite: no test-examples part")
+        separated = len(draws) >= 2
+        if separated:
+            pass
+        elif spec.method(method).ignores_shots or (
+            spec.draws_at(shots) == (None,) and (spec.shot_draws or shots in (0, "all"))
+        ):
+            notes.insert(0, "no shots drawn at this k: nothing varies with a draw")
+        else:
+            notes.insert(
+                0,
+                "one draw per seed (the spec sets fewer than two shot_draws): the seed's part "
+                "includes the shot draw's",
+            )
+        out.append(
+            {
+                "method": method,
+                "target": target,
+                "shots": shots,
+                "metric": metric,
+                **components(z, table, confidence, separated=separated),
+                "note": "; ".join(notes) or None,
+            }
+        )
+    return out
 
 
 # -- aggregates: each (method, target, shots, metric) over seeds ----------------------------
@@ -427,6 +593,9 @@ def aggregate(
                 else None,
                 "n_examples": None if estimate is None else estimate.n_examples,
             }
+            draws = next(iter(by_seed.values())).get("draws")
+            if draws:
+                entry["draws"] = len(draws)
             if spec.method(method).ignores_shots:
                 entry["shots_independent"] = True
             else:
@@ -1025,6 +1194,9 @@ def analyse(
         lang: prepare_language(lang, evaluated.get(lang, []), metrics, predictions, notes)
         for lang in dict.fromkeys((*spec.targets, *spec.sources))
     }
+    variance = variance_components(cells, spec, languages, spec.main_metric, confidence)
+    calibrated = calibration(cells, spec, predictions)
+    cells = collapse_draws(cells, languages)
     estimator = Estimator(languages)
     higher = bool(metrics[spec.main_metric].higher_is_better)
     alpha = significance_level(confidence)
@@ -1062,8 +1234,9 @@ def analyse(
             + (f" trained on {per_class:.1f} per class" if per_class is not None else "")
         )
     return {
-        "calibration": calibration(cells, spec, predictions),
+        "calibration": calibrated,
         "aggregates": aggregates,
+        "variance": variance,
         "comparisons": comparisons,
         "summary": summarize(cells, spec, comparisons, estimator, higher, aggregates),
         "statistics": {

@@ -161,6 +161,8 @@ class CellContext(Protocol):
     target: str
     shots: int | str
     seed: int
+    #: which sample of the k shots (a spec's ``shot_draws``); None: the seed drew them
+    draw: int | None
     #: JSON results of the protocol, put in the cell's ``info`` (e.g. ``"transfer"``)
     info: dict[str, Any]
 

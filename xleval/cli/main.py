@@ -19,6 +19,7 @@ from tabulate import tabulate
 from xleval import __version__
 from xleval.api.hookspecs import KIND_HOOKS
 from xleval.cli.datasets import datasets_group
+from xleval.cli.plan import add_plan_command
 from xleval.cli.run import add_run_commands
 from xleval.cli.state import CliState, PluginManagerFactory
 from xleval.errors import XlevalError
@@ -122,6 +123,7 @@ def build_cli(plugin_manager_factory: PluginManagerFactory = get_plugin_manager)
 
     cli.add_command(datasets_group())
     add_run_commands(cli)
+    add_plan_command(cli)
     return cli
 
 

@@ -314,10 +314,14 @@ def add_run_commands(cli: click.Group) -> None:
     )
     @click.option(
         "--view",
-        type=click.Choice(["main", "comparisons", "gaps", "ranks", "curves", "matrix"]),
+        type=click.Choice(
+            ["main", "comparisons", "gaps", "ranks", "curves", "matrix", "variance", "by-script"]
+        ),
         default=None,
         help="Which part to show (table/markdown): the main table (default), paired "
-        "comparisons, transfer gaps, ranks with win/tie/loss, or learning curves.",
+        "comparisons, transfer gaps, ranks with win/tie/loss, learning curves, transfer "
+        "matrices, variance components (seed, shot draw, test examples), or transfer gaps "
+        "by script.",
     )
     @click.option(
         "--output",
@@ -505,6 +509,9 @@ def print_grid(spec, cells) -> None:
         if spec.pairs
         else f"{'+'.join(spec.sources)} -> {', '.join(spec.targets)}"
     )
-    click.echo(f"{spec.name}: {languages}; shots {list(spec.shots)}; seeds {list(spec.seeds)}")
+    draws = f"; shot draws {list(spec.shot_draws)} per seed" if spec.shot_draws else ""
+    click.echo(
+        f"{spec.name}: {languages}; shots {list(spec.shots)}; seeds {list(spec.seeds)}{draws}"
+    )
     click.echo(tabulate(rows, headers=["method", "protocol", *spec.targets]))
     click.echo(f"{len(cells)} cells")

@@ -12,7 +12,10 @@ from xleval.experiment.spec import ExperimentSpec
 
 @dataclass(frozen=True)
 class Cell:
-    """One unit of work: (method, sources, target, shots, seed)."""
+    """One unit of work: (method, sources, target, shots, seed[, draw]).
+
+    ``draw`` names the sample of the k shots when the spec sets ``shot_draws``; None: the
+    seed draws them (and the cell's JSON, hence its key, has no ``draw``)."""
 
     method: str
     protocol: str
@@ -20,9 +23,10 @@ class Cell:
     target: str
     shots: Shots
     seed: int
+    draw: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "method": self.method,
             "protocol": self.protocol,
             "sources": list(self.sources),
@@ -30,24 +34,30 @@ class Cell:
             "shots": self.shots,
             "seed": self.seed,
         }
+        if self.draw is not None:
+            out["draw"] = self.draw
+        return out
 
     def describe(self) -> str:
+        draw = "" if self.draw is None else f" draw={self.draw}"
         return (
-            f"{self.method} {'+'.join(self.sources)}->{self.target} k={self.shots} seed={self.seed}"
+            f"{self.method} {'+'.join(self.sources)}->{self.target} k={self.shots} "
+            f"seed={self.seed}{draw}"
         )
 
 
 def expand_grid(spec: ExperimentSpec) -> list[Cell]:
     """Every cell the spec asks for: per method, target and seed, the shots its protocol
     runs at (``MethodSpec.shots``: a protocol that ignores k runs once, at k = 0, and is
-    reported in every shots column); in a spec with pairs, each method's own targets and
-    sources (``MethodSpec.runs``)."""
+    reported in every shots column), each shot draw (``ExperimentSpec.draws_at``); in a
+    spec with pairs, each method's own targets and sources (``MethodSpec.runs``)."""
     return [
-        Cell(method.label, method.protocol, sources, target, cast(Shots, shots), seed)
+        Cell(method.label, method.protocol, sources, target, cast(Shots, shots), seed, draw)
         for method in spec.methods
         for target, sources, runs in method.runs(spec.targets, spec.sources)
         for seed in spec.seeds
         for shots in runs
+        for draw in spec.draws_at(shots)
     ]
 
 
@@ -70,5 +80,6 @@ def order_for_sharing(cells: list[Cell], order: Mapping[str, int]) -> list[Cell]
             c.method,
             c.target,
             c.seed,
+            -1 if c.draw is None else c.draw,
         ),
     )

@@ -132,6 +132,15 @@ class ExperimentSpec:
     pairs: tuple[tuple[str, str], ...] = ()
     #: with pairs = "all": the languages paired (their order is the tables' order)
     languages: tuple[str, ...] = ()
+    #: draws of the k shots per seed (``shot_draws``); () = one draw per seed, by the seed
+    shot_draws: tuple[int, ...] = ()
+
+    def draws_at(self, shots: int | str) -> tuple[int | None, ...]:
+        """The draws a column of ``shots`` runs per seed: None (the seed draws) unless the
+        spec sets ``shot_draws`` and k draws anything (k = 0 and "all" draw nothing)."""
+        if not self.shot_draws or shots in (0, "all"):
+            return (None,)
+        return self.shot_draws
 
     def method(self, label: str) -> MethodSpec:
         return next(m for m in self.methods if m.label == label)
@@ -157,6 +166,7 @@ class ExperimentSpec:
             **languages,
             "shots": list(self.shots),
             "seeds": list(self.seeds),
+            **({"shot_draws": list(self.shot_draws)} if self.shot_draws else {}),
             "metrics": [m.to_json() for m in self.metrics],
             "main_metric": self.main_metric,
             "executor": self.executor.to_json(),
@@ -413,6 +423,16 @@ def resolve_spec(
             "one seed: a single training run says nothing about the next, so the report makes "
             "no significance claims and gives no interval over seeds; use 3 or more seeds"
         )
+    if len(spec.get("shot_draws") or ()) == 1:
+        warnings.append(
+            "shot_draws: one draw per seed draws other examples than the seed's own but "
+            "separates nothing; give two or more to split a score's spread into seed and draw"
+        )
+    if spec.get("shot_draws") and all(k in (0, "all") for k in spec["shots"]):
+        warnings.append(
+            "shot_draws: no shots column draws examples (only k = 0 and 'all'), so every "
+            "seed runs once; the draws apply to k > 0"
+        )
     rows = [m.label for m in methods] if pairs else labels  # pairs: the rows the entries run
     if statistics["baseline"] is not None and statistics["baseline"] not in rows:
         errors.append(
@@ -427,12 +447,15 @@ def resolve_spec(
                     f"({', '.join(rows)})"
                 )
 
+    draws = len(spec.get("shot_draws") or [1])
     cells = len(spec["seeds"]) * sum(
-        len(shots) for m in methods for _, _, shots in m.runs(targets, sources)
+        sum(1 if k in (0, "all") else draws for k in shots)
+        for m in methods
+        for _, _, shots in m.runs(targets, sources)
     )
     if cells > MAX_CELLS:
         errors.append(
-            f"at 'methods': {cells:,} cells (methods x targets x shots x seeds); at most "
+            f"at 'methods': {cells:,} cells (methods x targets x shots x seeds x draws); at most "
             f"{MAX_CELLS:,}: split the grid into several specs"
         )
     elif cells > WARN_CELLS:
@@ -450,6 +473,7 @@ def resolve_spec(
         targets=targets,
         shots=tuple(spec["shots"]),
         seeds=tuple(spec["seeds"]),
+        shot_draws=tuple(spec.get("shot_draws") or ()),
         metrics=tuple(metrics),
         main_metric=spec["main_metric"],
         executor=executor,

@@ -25,6 +25,7 @@ from xleval import __version__
 from xleval.analysis.analyse import analyse
 from xleval.api.data import MultilingualDataset
 from xleval.api.files import atomic_write_text
+from xleval.api.languages import languages_info
 from xleval.errors import XlevalError
 from xleval.experiment.dataset_rules import warnings_for
 from xleval.experiment.grid import Cell
@@ -166,12 +167,14 @@ def build_report(
             }
             for m in spec.metrics
         },
+        "languages": languages_info(list(dict.fromkeys((*spec.sources, *spec.targets)))),
         "cells": cells,
         "aggregates": stats["aggregates"],
         "comparisons": stats["comparisons"],
         "summary": stats["summary"],
         "statistics": stats["statistics"],
         "calibration": stats["calibration"],
+        "variance": stats["variance"],
         "run": {
             "cells_total": len(outcome.keys),
             "cells_computed": outcome.computed,

@@ -14,6 +14,7 @@ from typing import Any
 
 from xleval import __version__
 from xleval.analysis.analyse import analyse
+from xleval.api.languages import languages_info
 from xleval.api.predictions import decode_predictions, read_predictions
 from xleval.errors import XlevalError
 from xleval.experiment.spec import resolve_spec
@@ -81,12 +82,14 @@ def rescore(
 
     labels = report["dataset"].get("labels")
     stats = analyse(report["cells"], spec, metrics, stored_predictions, labels=labels)
-    for section in ("aggregates", "comparisons", "summary", "statistics", "calibration"):
+    sections = ("aggregates", "comparisons", "summary", "statistics", "calibration", "variance")
+    for section in sections:
         report[section] = stats[section]
     if made_by != __version__:
         report["statistics"]["notes"].append(
             f"rescored by xleval {__version__} from a run made by xleval {made_by}"
         )
+    report["languages"] = languages_info(list(dict.fromkeys((*spec.sources, *spec.targets))))
     report["schema_version"] = SCHEMA_VERSION
     report["xleval_version"] = __version__
     validate_report(report, f"rescored {run_dir}")

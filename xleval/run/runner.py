@@ -245,6 +245,7 @@ class CellTask:
                 metrics={m.name: m.options for m in self.spec.metrics},
                 artifacts=state.artifacts,
                 protocol=state.protocols[cell.method],
+                draw=cell.draw,
             )
         except Exception as exc:  # isolate: one plugin's failure must not stop the run
             return {**self.failure(cell, exc), "traceback": traceback.format_exc()}

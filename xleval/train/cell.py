@@ -52,13 +52,15 @@ class RunningCell:
         registry: Registry,
         artifacts: ArtifactCache,
         timer: PhaseTimer,
+        draw: int | None = None,
     ) -> None:
         self.method, self.dataset, self.sources, self.target = method, dataset, sources, target
         self.shots, self.seed, self.registry, self.artifacts = shots, seed, registry, artifacts
+        self.draw = draw
         self.timer = timer
         self.builder = registry.build("models", method.model.name, method.model.options)
         self.n_classes = len(dataset.labels)
-        self.sample = sample_shots(dataset, target, shots, seed)
+        self.sample = sample_shots(dataset, target, shots, seed, draw)
         self.training: list[dict[str, Any]] = []
         self.info: dict[str, Any] = {}
 
@@ -68,8 +70,12 @@ class RunningCell:
         return list(self.sample.examples)
 
     def shot_set(self) -> TrainSet:
-        """The training set of the target shots (empty at k = 0)."""
-        return [["shots", self.target, self.shots, self.seed]] if len(self.sample) else []
+        """The training set of the target shots (empty at k = 0); with a shot draw, the
+        draw is its fifth element."""
+        if not len(self.sample):
+            return []
+        part: list[Any] = ["shots", self.target, self.shots, self.seed]
+        return [part + ([] if self.draw is None else [self.draw])]
 
     def source_set(self) -> TrainSet:
         """The sources' train splits together, sorted (one model learns them all)."""
@@ -217,7 +223,7 @@ class RunningCell:
                 [e.text for e in examples],
                 self.dataset.label_ids(examples),
                 options,
-                seed=derive_seed(self.seed, "train", json.dumps(train_set)),
+                seed=derive_seed(self.seed, "train", seed_view(train_set)),
                 dev=([e.text for e in dev], self.dataset.label_ids(dev)) if dev else None,
                 features=features,
             )
@@ -251,7 +257,7 @@ class RunningCell:
             from xleval.train.trainer import derive_seed
 
             texts = [e.text for e in self.examples(train_set)]
-            model = self.build(texts, derive_seed(self.seed, "init", json.dumps(train_set)))
+            model = self.build(texts, derive_seed(self.seed, "init", seed_view(train_set)))
             report = self.fit(model, train_set, self.method.training, role)
             return TrainedModel(key=key, model=model, report=report, train_set=train_set)
 
@@ -284,6 +290,13 @@ class RunningCell:
         return cached
 
 
+def seed_view(train_set: TrainSet) -> str:
+    """What a training set's random streams (init, data order) derive from: the training
+    set without its shot draws, so the draws of one seed differ only in their examples and
+    the spread between them is the draw's alone."""
+    return json.dumps([part[:4] if part[0] == "shots" else part for part in train_set])
+
+
 def concat_batches(parts: Sequence[Any]) -> Any | None:
     """Featurized batches one after another: ``type(parts[0]).concat(parts)`` or Tensors'
     ``torch.cat``; None when the batch type has no ``concat`` (the caller featurizes the
@@ -310,6 +323,7 @@ def run_cell(
     metrics: Sequence[str] | Mapping[str, Mapping[str, Any]] = (),
     artifacts: ArtifactCache | None = None,
     protocol: Any = None,
+    draw: int | None = None,
 ) -> CellResult:
     """Run one cell: the method's protocol trains what it needs; evaluate on the target's
     and each source's test split.
@@ -317,6 +331,7 @@ def run_cell(
     ``metrics`` are metric names (or name -> options; none: predictions only). Pass one
     ``artifacts`` cache to many cells to train shared models once; without one, nothing is
     shared. ``protocol``: the method's protocol, built (else it is built from the registry).
+    ``draw``: which sample of the k shots (a spec's ``shot_draws``; None: the seed's).
     """
     import torch
 
@@ -347,7 +362,7 @@ def run_cell(
     try:
         started = time.perf_counter()
         cell = RunningCell(
-            method, dataset, sources, target, shots, seed, registry, artifacts, timer
+            method, dataset, sources, target, shots, seed, registry, artifacts, timer, draw
         )
         scorer = protocol.run(cell)
         if not callable(scorer):
@@ -385,7 +400,7 @@ def run_cell(
         artifacts.timer = previous_timer  # type: ignore[attr-defined]
 
     return CellResult(
-        cell=Cell(method.label, method.protocol, sources, target, shots, seed),
+        cell=Cell(method.label, method.protocol, sources, target, shots, seed, draw),
         labels=dataset.labels,
         metrics=per_lang[target],
         source_metrics={lang: per_lang[lang] for lang in sources},
