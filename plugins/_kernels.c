@@ -24,25 +24,33 @@
 #define H2_PRIME 0xFF51AFD7ED558CCDull
 #define GOLDEN 0x9E3779B97F4A7C15ull
 
-/* ``re``'s \w for str patterns (_sre's SRE_UNI_IS_WORD is exactly this test), looked up in a
- * table filled 256 code points at a time as blocks are first met (the test itself costs four
- * Unicode database lookups). Blocks are filled with the GIL held; readers without it only
- * read blocks filled before. */
-static uint8_t word_table[0x110000];
+/* Each code point's class (featurize.char_classes): 1 for ``re``'s \w in str patterns
+ * (_sre's SRE_UNI_IS_WORD is exactly c == '_' || Py_UNICODE_ISALNUM(c)), 0 for \s
+ * (SRE_UNI_IS_SPACE: Py_UNICODE_ISSPACE) or NUL, 2 for anything else. Looked up in a table
+ * filled 256 code points at a time as blocks are first met (the tests cost Unicode database
+ * lookups). Blocks are filled with the GIL held; readers without it only read blocks filled
+ * before. */
+static uint8_t class_table[0x110000];
 static uint8_t block_filled[0x110000 >> 8];
 
 static void fill_block(Py_UCS4 block) {
     for (Py_UCS4 c = block << 8; c < ((block + 1) << 8); c++)
-        word_table[c] = c == '_' || Py_UNICODE_ISALNUM(c);
+        class_table[c] = (c == '_' || Py_UNICODE_ISALNUM(c)) ? 1
+                         : (c == 0 || Py_UNICODE_ISSPACE(c)) ? 0
+                                                             : 2;
     block_filled[block] = 1;
 }
 
-static inline int is_word_filling(Py_UCS4 c) {
+/* A tokenizer maps a character class to its token class (featurize.TOKEN_CLASSES): a token
+ * is a maximal run of one non-zero token class. Modes: 0 words, 1 whitespace, 2 words+punct. */
+static const uint8_t TOKEN_CLASSES[3][3] = {{0, 1, 0}, {0, 1, 1}, {0, 1, 2}};
+
+static inline int token_class_filling(Py_UCS4 c, const uint8_t *map) {
     if (!block_filled[c >> 8]) fill_block(c >> 8);
-    return word_table[c];
+    return map[class_table[c]];
 }
 
-static inline int is_word(Py_UCS4 c) { return word_table[c]; }
+static inline int token_class(Py_UCS4 c, const uint8_t *map) { return map[class_table[c]]; }
 
 static PyObject *new_array(Py_ssize_t n, Py_ssize_t itemsize, void **data) {
     PyObject *out = PyByteArray_FromStringAndSize(NULL, n * itemsize);
@@ -65,18 +73,19 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t i
 
 #define XL_INLINE static inline __attribute__((always_inline))
 
-/* Tokens kept per document (and the word-character table filled for every block met). */
+/* Tokens kept per document (and the class table filled for every block met). */
 XL_INLINE Py_ssize_t count_tokens(const int kind, const void *data, const int64_t *lengths,
-                                  Py_ssize_t n_docs, Py_ssize_t max_tokens) {
+                                  Py_ssize_t n_docs, Py_ssize_t max_tokens,
+                                  const uint8_t *map) {
     Py_ssize_t pos = 0, count = 0;
     for (Py_ssize_t d = 0; d < n_docs; d++) {
         const Py_ssize_t end = pos + lengths[d];
         Py_ssize_t in_doc = 0;
         int inside = 0;
         for (; pos < end; pos++) {
-            const int w = is_word_filling(PyUnicode_READ(kind, data, pos));
-            in_doc += w && !inside;
-            inside = w;
+            const int t = token_class_filling(PyUnicode_READ(kind, data, pos), map);
+            in_doc += t && t != inside;
+            inside = t;
         }
         count += max_tokens >= 0 && in_doc > max_tokens ? max_tokens : in_doc;
         pos++; /* the separator */
@@ -86,13 +95,15 @@ XL_INLINE Py_ssize_t count_tokens(const int kind, const void *data, const int64_
 
 XL_INLINE void find_tokens(const int kind, const void *data, const int64_t *lengths,
                            Py_ssize_t n_docs, Py_ssize_t max_tokens, int64_t *starts,
-                           int64_t *ends, int64_t *per_doc, uint64_t *h1, uint64_t *h2) {
+                           int64_t *ends, int64_t *per_doc, uint64_t *h1, uint64_t *h2,
+                           const uint8_t *map) {
     Py_ssize_t pos = 0, t = 0;
     for (Py_ssize_t d = 0; d < n_docs; d++) {
         const Py_ssize_t end = pos + lengths[d];
         Py_ssize_t in_doc = 0;
         while (pos < end && (max_tokens < 0 || in_doc < max_tokens)) {
-            if (!is_word(PyUnicode_READ(kind, data, pos))) {
+            const int run = token_class(PyUnicode_READ(kind, data, pos), map);
+            if (!run) {
                 pos++;
                 continue;
             }
@@ -100,7 +111,7 @@ XL_INLINE void find_tokens(const int kind, const void *data, const int64_t *leng
             uint64_t a = H1_OFFSET, b = H2_OFFSET;
             while (pos < end) {
                 const Py_UCS4 c = PyUnicode_READ(kind, data, pos);
-                if (!is_word(c)) break;
+                if (token_class(c, map) != run) break;
                 a = (a ^ (uint64_t)c) * H1_PRIME;
                 b = (b + (uint64_t)c) * H2_PRIME;
                 pos++;
@@ -117,17 +128,24 @@ XL_INLINE void find_tokens(const int kind, const void *data, const int64_t *leng
     }
 }
 
-/* scan(text, lengths, max_tokens) -> (starts, ends, per_doc, h1, h2)
+/* scan(text, lengths, max_tokens, mode=0) -> (starts, ends, per_doc, h1, h2)
  *
- * ``text``: documents joined by one separator character (never a word character);
- * ``lengths``: int64 length of each document. Tokens are maximal runs of word characters;
- * only the first ``max_tokens`` of each document are kept (-1: all). h1 is FNV-1a-64 and h2
- * a multiply-add hash over each token's code points (featurize.code_hashes). */
+ * ``text``: documents joined by one separator character (NUL: never part of a token);
+ * ``lengths``: int64 length of each document. Tokens are maximal runs of one token class of
+ * the tokenizer ``mode`` (0 words, 1 whitespace, 2 words+punct); only the first
+ * ``max_tokens`` of each document are kept (-1: all). h1 is FNV-1a-64 and h2 a multiply-add
+ * hash over each token's code points (featurize.code_hashes). */
 static PyObject *py_scan(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *text, *lengths_obj;
     Py_ssize_t max_tokens;
-    if (!PyArg_ParseTuple(args, "UOn", &text, &lengths_obj, &max_tokens)) return NULL;
+    int mode = 0;
+    if (!PyArg_ParseTuple(args, "UOn|i", &text, &lengths_obj, &max_tokens, &mode)) return NULL;
+    if (mode < 0 || mode > 2) {
+        PyErr_Format(PyExc_ValueError, "scan: mode must be 0, 1 or 2, not %d", mode);
+        return NULL;
+    }
+    const uint8_t *map = TOKEN_CLASSES[mode];
     Py_buffer lv;
     if (get_buffer(lengths_obj, &lv, 0, 8, "lengths") < 0) return NULL;
     const int64_t *lengths = lv.buf;
@@ -152,9 +170,13 @@ static PyObject *py_scan(PyObject *self, PyObject *args) {
     }
     /* Each loop specialised for the string's character width. */
     switch (kind) {
-    case PyUnicode_1BYTE_KIND: count = count_tokens(1, data, lengths, n_docs, max_tokens); break;
-    case PyUnicode_2BYTE_KIND: count = count_tokens(2, data, lengths, n_docs, max_tokens); break;
-    default: count = count_tokens(4, data, lengths, n_docs, max_tokens);
+    case PyUnicode_1BYTE_KIND:
+        count = count_tokens(1, data, lengths, n_docs, max_tokens, map);
+        break;
+    case PyUnicode_2BYTE_KIND:
+        count = count_tokens(2, data, lengths, n_docs, max_tokens, map);
+        break;
+    default: count = count_tokens(4, data, lengths, n_docs, max_tokens, map);
     }
     if (!(arrays[0] = new_array(count, 8, (void **)&starts)) ||
         !(arrays[1] = new_array(count, 8, (void **)&ends)) ||
@@ -165,12 +187,13 @@ static PyObject *py_scan(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     switch (kind) {
     case PyUnicode_1BYTE_KIND:
-        find_tokens(1, data, lengths, n_docs, max_tokens, starts, ends, per_doc, h1, h2);
+        find_tokens(1, data, lengths, n_docs, max_tokens, starts, ends, per_doc, h1, h2, map);
         break;
     case PyUnicode_2BYTE_KIND:
-        find_tokens(2, data, lengths, n_docs, max_tokens, starts, ends, per_doc, h1, h2);
+        find_tokens(2, data, lengths, n_docs, max_tokens, starts, ends, per_doc, h1, h2, map);
         break;
-    default: find_tokens(4, data, lengths, n_docs, max_tokens, starts, ends, per_doc, h1, h2);
+    default:
+        find_tokens(4, data, lengths, n_docs, max_tokens, starts, ends, per_doc, h1, h2, map);
     }
     Py_END_ALLOW_THREADS
     result = PyTuple_Pack(5, arrays[0], arrays[1], arrays[2], arrays[3], arrays[4]);
@@ -624,7 +647,7 @@ static PyMethodDef methods[] = {
      "random(dtype=float32) from that state, minus 0.5, times scale."},
 
     {"scan", py_scan, METH_VARARGS,
-     "scan(text, lengths, max_tokens) -> (starts, ends, per_doc, h1, h2): the word tokens of "
+     "scan(text, lengths, max_tokens, mode=0) -> (starts, ends, per_doc, h1, h2): the tokens of "
      "documents joined by one non-word character, as bytearrays (int64 / uint64)."},
     {"subwords", py_subwords, METH_VARARGS,
      "subwords(words, minn, maxn, buckets) -> (ids, lengths, word_hashes, h1, h2): each "

@@ -33,6 +33,21 @@ def _i64(buffer: Any) -> np.ndarray:
 #: Lower-cased Unicode word characters: punctuation separates tokens and is dropped.
 TOKEN_PATTERN = re.compile(r"\w+")
 
+#: The tokenizers of the bundled models, each a reference regex (NUL counts as whitespace,
+#: as in fastText): ``words`` keeps runs of word characters (``\w``) and drops the rest;
+#: ``whitespace`` splits on whitespace and keeps everything else, as fastText does;
+#: ``words+punct`` keeps runs of word characters and runs of other non-space characters
+#: (punctuation, symbols, emoji) as separate tokens: ``%s`` -> ``%``, ``s``.
+TOKENIZERS = {
+    "words": TOKEN_PATTERN,
+    "whitespace": re.compile(r"[^\s\x00]+"),
+    "words+punct": re.compile(r"\w+|[^\w\s\x00]+"),
+}
+#: Each tokenizer as a map from a character's class (0 separator: whitespace or NUL; 1 word;
+#: 2 other) to its token class: a token is a maximal run of one non-zero token class.
+TOKEN_CLASSES = {"words": (0, 1, 0), "whitespace": (0, 1, 1), "words+punct": (0, 1, 2)}
+TOKENIZER_MODES = {name: i for i, name in enumerate(TOKEN_CLASSES)}
+
 FNV_OFFSET = np.uint32(2166136261)
 FNV_PRIME = np.uint32(16777619)
 #: fastText's multiplier when it combines word hashes into word n-gram hashes.
@@ -43,16 +58,25 @@ WORD_NGRAM_PRIME = np.uint64(116049371)
 WORD_SUFFIX = b"\xff"
 
 
-def tokenize(text: str, max_tokens: int | None = None) -> list[str]:
-    """Lower-cased word tokens of ``text``, the first ``max_tokens`` of them."""
-    tokens = TOKEN_PATTERN.findall(text.lower())
+def tokenize(
+    text: str,
+    max_tokens: int | None = None,
+    tokenizer: str = "words",
+    lowercase: bool = True,
+) -> list[str]:
+    """The tokens of ``text`` (:data:`TOKENIZERS`; lower-cased first unless ``lowercase``
+    is false), the first ``max_tokens`` of them: the reference the vectorised and
+    compiled paths (:func:`tokenize_many`) reproduce token for token."""
+    tokens = TOKENIZERS[tokenizer].findall(text.lower() if lowercase else text)
     return tokens if max_tokens is None else tokens[:max_tokens]
 
 
 _WORD_CHARS = np.zeros(0x110000, dtype=np.bool_)  # TOKEN_PATTERN's \w, per code point
+_CHAR_CLASS = np.zeros(0x110000, dtype=np.uint8)  # 0 separator, 1 word, 2 other
 _WORD_BLOCKS = np.zeros(0x110000 >> 8, dtype=np.bool_)  # 256-code-point blocks filled in
 _WORD_LOCK = threading.Lock()
 _CHAR = re.compile(r"\w")
+_SPACE = re.compile(r"[\s\x00]")
 
 
 def word_chars(codes: np.ndarray) -> np.ndarray:
@@ -61,6 +85,19 @@ def word_chars(codes: np.ndarray) -> np.ndarray:
     The table is filled from the regex itself, 256 code points at a time as blocks are
     first met, so it agrees with ``re`` by construction.
     """
+    _fill_blocks(codes)
+    return _WORD_CHARS[codes]
+
+
+def char_classes(codes: np.ndarray) -> np.ndarray:
+    r"""Each code point's class: 0 a separator (``re``'s ``\s``, or NUL), 1 a word
+    character (``\w``), 2 anything else; from the regexes themselves, as
+    :func:`word_chars`."""
+    _fill_blocks(codes)
+    return _CHAR_CLASS[codes]
+
+
+def _fill_blocks(codes: np.ndarray) -> None:
     seen = np.zeros(len(_WORD_BLOCKS), dtype=np.bool_)
     seen[codes >> 8] = True
     new = np.flatnonzero(seen & ~_WORD_BLOCKS)
@@ -68,11 +105,14 @@ def word_chars(codes: np.ndarray) -> np.ndarray:
         with _WORD_LOCK:
             for block in new.tolist():
                 base = block << 8
-                _WORD_CHARS[base : base + 256] = [
-                    _CHAR.match(chr(c)) is not None for c in range(base, base + 256)
+                chars = [chr(c) for c in range(base, base + 256)]
+                words = [_CHAR.match(ch) is not None for ch in chars]
+                _WORD_CHARS[base : base + 256] = words
+                _CHAR_CLASS[base : base + 256] = [
+                    1 if w else 0 if _SPACE.match(ch) else 2
+                    for ch, w in zip(chars, words, strict=True)
                 ]
                 _WORD_BLOCKS[block] = True
-    return _WORD_CHARS[codes]
 
 
 #: Two independent 64-bit hashes of a token's code points identify it in the word table
@@ -127,24 +167,38 @@ class Tokens(NamedTuple):
                                           self.ends[positions].tolist(), strict=True)]  # fmt: skip
 
 
-def tokenize_many(texts: Sequence[str], max_tokens: int | None = None) -> Tokens:
+def tokenize_many(
+    texts: Sequence[str],
+    max_tokens: int | None = None,
+    tokenizer: str = "words",
+    lowercase: bool = True,
+) -> Tokens:
     """:func:`tokenize` of many texts at once, without a Python object per token: the texts'
-    code points in one array, word characters by table lookup, token boundaries and
-    hashes with numpy. ``Tokens.strings`` gives the token strings equal to
-    ``tokenize(text, max_tokens)``'s (tests/test_featurize.py)."""
-    lowered = [t.lower() for t in texts]
+    code points in one array, character classes by table lookup, token boundaries and
+    hashes with numpy (or the compiled kernel). ``Tokens.strings`` gives the token strings
+    equal to ``tokenize(text, max_tokens, tokenizer, lowercase)``'s
+    (tests/test_featurize.py)."""
+    lowered = [t.lower() for t in texts] if lowercase else list(texts)
     lengths = np.fromiter(map(len, lowered), dtype=np.int64, count=len(lowered))
     text = "\x00".join(lowered)
+    mode = TOKENIZER_MODES[tokenizer]
     compiled = compiled_featurizer()
     if compiled is not None:
         starts, ends, per_doc, h1, h2 = compiled.scan(
-            text, lengths, -1 if max_tokens is None else max_tokens
+            text, lengths, -1 if max_tokens is None else max_tokens, mode
         )
         return Tokens(text, _i64(starts), _i64(ends), _i64(per_doc), _u64(h1), _u64(h2))
     codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    edges = np.diff(word_chars(codes).view(np.int8), prepend=np.int8(0), append=np.int8(0))
-    starts = np.flatnonzero(edges == 1)
-    ends = np.flatnonzero(edges == -1)
+    if tokenizer == "words":
+        edges = np.diff(word_chars(codes).view(np.int8), prepend=np.int8(0), append=np.int8(0))
+        starts = np.flatnonzero(edges == 1)
+        ends = np.flatnonzero(edges == -1)
+    else:  # runs of one non-zero token class
+        token_class = np.asarray(TOKEN_CLASSES[tokenizer], dtype=np.int8)[char_classes(codes)]
+        padded = np.concatenate(([0], token_class, [0])).astype(np.int8)
+        inside = padded[1:-1] != 0
+        starts = np.flatnonzero(inside & (padded[1:-1] != padded[:-2]))
+        ends = np.flatnonzero(inside & (padded[1:-1] != padded[2:])) + 1
     doc_start = np.zeros(len(lowered), dtype=np.int64)
     np.cumsum(lengths[:-1] + 1, out=doc_start[1:])
     doc = np.searchsorted(doc_start, starts, side="right") - 1
@@ -867,14 +921,21 @@ class HashedFeaturizer(CachedFeaturizer):
         word_ngrams: int = 1,
         max_tokens: int | None = None,
         cache: FeatureCache | None = FEATURE_CACHE,
+        tokenizer: str = "words",
+        lowercase: bool = True,
     ) -> None:
+        if tokenizer not in TOKENIZERS:
+            raise ValueError(f"unknown tokenizer {tokenizer!r} (one of {', '.join(TOKENIZERS)})")
         self.buckets = buckets
         self.minn, self.maxn = ngram_range
         self.word_ngrams = word_ngrams
         self.max_tokens = max_tokens
+        self.tokenizer, self.lowercase = tokenizer, lowercase
         self.cache = cache
         self.table = subword_table(buckets, self.minn, self.maxn)
         self.key = ("hashed", buckets, self.minn, self.maxn, word_ngrams, max_tokens)
+        if (tokenizer, lowercase) != ("words", True):  # the default's key as it always was
+            self.key += (tokenizer, lowercase)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle the options only: the process-wide table and cache are re-attached on
@@ -885,12 +946,12 @@ class HashedFeaturizer(CachedFeaturizer):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"tokenizer": "words", "lowercase": True, **state})
         self.cache = FEATURE_CACHE if state["cache"] else None
         self.table = subword_table(self.buckets, self.minn, self.maxn)
 
     def _featurize(self, texts: list[str]) -> TokenBags:
-        tokens = tokenize_many(texts, self.max_tokens)
+        tokens = tokenize_many(texts, self.max_tokens, self.tokenizer, self.lowercase)
         tokens_per_doc = tokens.per_doc
         word_idx = self.table.lookup_tokens(tokens)
         if self.word_ngrams == 1:
@@ -955,21 +1016,27 @@ def unique_inverse(values: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarr
 class VocabularyFeaturizer(CachedFeaturizer):
     """Word ids from a vocabulary built on one training set; unknown words map to id 0."""
 
-    UNK = "<unk>"  # never produced by the tokenizer ('<' is not a word character)
+    #: id 0; a text's own "<unk>" token (the whitespace tokenizer keeps one) maps there too
+    UNK = "<unk>"
 
     def __init__(
         self,
         vocabulary: Sequence[str],
         max_tokens: int | None = None,
         cache: FeatureCache | None = FEATURE_CACHE,
+        tokenizer: str = "words",
+        lowercase: bool = True,
     ) -> None:
         if not vocabulary or vocabulary[0] != self.UNK:
             raise ValueError(f"a vocabulary starts with {self.UNK!r}")
         self.vocabulary = tuple(vocabulary)
         self.index = {w: i for i, w in enumerate(self.vocabulary)}
         self.max_tokens = max_tokens
+        self.tokenizer, self.lowercase = tokenizer, lowercase
         self.cache = cache
         self.key = ("vocab", texts_fingerprint(self.vocabulary), max_tokens)
+        if (tokenizer, lowercase) != ("words", True):
+            self.key += (tokenizer, lowercase)
 
     @classmethod
     def build_vocabulary(
@@ -978,12 +1045,15 @@ class VocabularyFeaturizer(CachedFeaturizer):
         min_count: int = 1,
         max_size: int | None = None,
         max_tokens: int | None = None,
+        tokenizer: str = "words",
+        lowercase: bool = True,
     ) -> tuple[str, ...]:
         """``<unk>`` then words seen ``min_count`` times, most frequent first (ties by word)."""
         counts: dict[str, int] = {}
         for text in texts:
-            for token in tokenize(text, max_tokens):
-                counts[token] = counts.get(token, 0) + 1
+            for token in tokenize(text, max_tokens, tokenizer, lowercase):
+                if token != cls.UNK:
+                    counts[token] = counts.get(token, 0) + 1
         words = sorted(
             (w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w)
         )
@@ -997,13 +1067,13 @@ class VocabularyFeaturizer(CachedFeaturizer):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"tokenizer": "words", "lowercase": True, **state})
         self.cache = FEATURE_CACHE if state["cache"] else None
         self.index = {w: i for i, w in enumerate(self.vocabulary)}
 
     def _featurize(self, texts: list[str]) -> TokenBags:
         get = self.index.get
-        token_lists = [tokenize(t, self.max_tokens) for t in texts]
+        token_lists = [tokenize(t, self.max_tokens, self.tokenizer, self.lowercase) for t in texts]
         per_doc = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(texts))
         flat = chain.from_iterable(token_lists)
         ids = np.fromiter((get(t, 0) for t in flat), dtype=np.int64, count=int(per_doc.sum()))

@@ -13,6 +13,24 @@ from typing import Any
 from xleval.api import Register, hookimpl
 from xleval.errors import OptionsError
 
+def tokenizer_options(default: str) -> dict[str, Any]:
+    """The tokenizer options of a bundled model (featurize.TOKENIZERS; docs/models.md says
+    what each keeps and why bag-of-embeddings defaults to words+punct)."""
+    return {
+        "tokenizer": {
+            "enum": ["words", "whitespace", "words+punct"],
+            "default": default,
+            "description": "words: runs of word characters, the rest dropped; whitespace: "
+            "split on whitespace, punctuation kept inside tokens (fastText's); words+punct: "
+            "word runs and punctuation/symbol runs as separate tokens.",
+        },
+        "lowercase": {
+            "type": "boolean",
+            "default": True,
+            "description": "Lower-case texts before tokenizing.",
+        },
+    }
+
 BAG_OF_EMBEDDINGS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -50,6 +68,9 @@ BAG_OF_EMBEDDINGS_SCHEMA: dict[str, Any] = {
             "default": 1024,
             "description": "Tokens kept per text (null: all).",
         },
+        # words+punct: as accurate as words on prose (ddtp-sections), +5.4 points on UI
+        # messages full of format strings (benchmarks/README.md, tokenizers.py)
+        **tokenizer_options("words+punct"),
     },
 }
 
@@ -76,6 +97,7 @@ EMBEDDING_LINEAR_SCHEMA: dict[str, Any] = {
             "default": False,
             "description": "Sparse embedding gradients (needed only for huge vocabularies).",
         },
+        **tokenizer_options("words"),  # the seed's model, as the seed tokenized
     },
 }
 
@@ -108,6 +130,8 @@ class BagOfEmbeddingsBuilder:
                 ngram_range=tuple(self.options["ngram_range"]),
                 word_ngrams=self.options["word_ngrams"],
                 max_tokens=self.options["max_tokens"],
+                tokenizer=self.options["tokenizer"],
+                lowercase=self.options["lowercase"],
             )
         return self._featurizer
 

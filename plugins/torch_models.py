@@ -493,7 +493,12 @@ class EmbeddingLinearClassifier(nn.Module):
         self._set_vocabulary((VocabularyFeaturizer.UNK,))
 
     def _set_vocabulary(self, vocabulary: Sequence[str]) -> None:
-        self.featurizer = VocabularyFeaturizer(vocabulary, max_tokens=self.options["max_tokens"])
+        self.featurizer = VocabularyFeaturizer(
+            vocabulary,
+            max_tokens=self.options["max_tokens"],
+            tokenizer=self.options.get("tokenizer", "words"),
+            lowercase=self.options.get("lowercase", True),
+        )
         self.embedding = nn.Embedding(
             len(vocabulary), self.options["dim"], sparse=self.options["sparse"]
         )
@@ -511,6 +516,8 @@ class EmbeddingLinearClassifier(nn.Module):
                 min_count=self.options["min_count"],
                 max_size=self.options["max_vocab"],
                 max_tokens=self.options["max_tokens"],
+                tokenizer=self.options.get("tokenizer", "words"),
+                lowercase=self.options.get("lowercase", True),
             )
         )
 

@@ -17,9 +17,11 @@ from hypothesis import strategies as st
 from xleval_plugins import featurize as featurize_module
 from xleval_plugins import kernels
 from xleval_plugins.featurize import (
+    TOKENIZERS,
     HashedFeaturizer,
     SubwordTable,
     TokenBags,
+    char_classes,
     char_ngrams,
     fnv1a,
     tokenize,
@@ -53,10 +55,12 @@ TEXTS = [
 ]
 
 
-def reference_ids(text: str, buckets: int, minn: int, maxn: int, max_tokens=None) -> list[int]:
+def reference_ids(
+    text: str, buckets: int, minn: int, maxn: int, max_tokens=None, tokenizer="words", lower=True
+) -> list[int]:
     """fastText-style ids, one token and one n-gram at a time (the definition)."""
     ids = []
-    for word in tokenize(text, max_tokens):
+    for word in tokenize(text, max_tokens, tokenizer, lower):
         ids.append(fnv1a(word.encode() + b"\xff") % buckets)
         if maxn >= minn > 0:
             ids += [fnv1a(g.encode()) % buckets for g in char_ngrams(word, minn, maxn)]
@@ -137,22 +141,33 @@ def test_unique_inverse_by_mask_and_by_sort_agree():
         assert distinct[inverse].tolist() == values.tolist()
 
 
+TRICKY = [
+    *TEXTS,
+    "ΟΔΟΣ Σ σ ΣΑΣ",  # final sigma depends on the context of lower()
+    "İstanbul ǅemal ﬃ",  # lower() that changes the length
+    "a\x00b c\x00",  # the joiner inside a text
+    "x_y 3.14 ½ ٣ 𝔘𝔫𝔦 🙂 é",  # underscore, numbers, astral letters, combining mark
+    "",
+    "  ",
+    "Usage: %s [OPTION]... FILE\n  -h, --help  '%c' <file> 100%",  # format strings, code
+    "ファイル「%s」を開けません。東京都",  # CJK without spaces, CJK punctuation
+    "Привет,мир!…Mixed ℝ𝔼𝔸𝕃 عربي",  # scripts mixed, no space after punctuation
+    "👍🏽👨‍👩‍👧 e\u0301 n\u0303o\u00a0nbsp\u3000wide",  # emoji with modifiers/ZWJ, combining
+]
+
+
+@pytest.mark.parametrize("tokenizer", list(TOKENIZERS))
+@pytest.mark.parametrize("lower", [True, False])
 @pytest.mark.parametrize("max_tokens", [None, 3])
-def test_bulk_tokenizer_equals_the_regex_tokenizer(max_tokens):
-    texts = [
-        *TEXTS,
-        "ΟΔΟΣ Σ σ ΣΑΣ",  # final sigma depends on the context of lower()
-        "İstanbul ǅemal ﬃ",  # lower() that changes the length
-        "a\x00b c\x00",  # the joiner inside a text
-        "x_y 3.14 ½ ٣ 𝔘𝔫𝔦 🙂 é",  # underscore, numbers, astral letters, combining mark
-        "",
-        "  ",
-    ]
-    tokens = tokenize_many(texts, max_tokens)
-    expected = [t for text in texts for t in tokenize(text, max_tokens)]
+def test_bulk_tokenizer_equals_the_regex_tokenizer(max_tokens, tokenizer, lower):
+    texts = TRICKY
+    tokens = tokenize_many(texts, max_tokens, tokenizer, lower)
+    expected = [t for text in texts for t in tokenize(text, max_tokens, tokenizer, lower)]
     assert tokens.strings(np.arange(len(tokens.starts))) == expected
-    assert tokens.per_doc.tolist() == [len(tokenize(t, max_tokens)) for t in texts]
-    same = tokenize_many(expected)  # equal strings get equal hashes
+    assert tokens.per_doc.tolist() == [
+        len(tokenize(t, max_tokens, tokenizer, lower)) for t in texts
+    ]
+    same = tokenize_many(expected, None, tokenizer, False)  # equal strings, equal hashes
     by_string = dict(zip(expected, zip(tokens.h1.tolist(), tokens.h2.tolist(), strict=True),
                          strict=True))  # fmt: skip
     assert by_string == dict(
@@ -173,14 +188,14 @@ def test_word_table_by_hash_and_by_string_agree():
     assert grown.lookup_tokens(tokenize_many([" ".join(many)])).tolist() == list(range(5000))
 
 
-def _tokens_on(path: str, monkeypatch, texts, max_tokens=None):
+def _tokens_on(path: str, monkeypatch, texts, max_tokens=None, tokenizer="words", lower=True):
     monkeypatch.setenv("XLEVAL_PLUGIN_KERNELS", "1" if path == "compiled" else "0")
-    return tokenize_many(texts, max_tokens)
+    return tokenize_many(texts, max_tokens, tokenizer, lower)
 
 
-def _assert_same_tokens(monkeypatch, texts, max_tokens=None):
-    fast = _tokens_on("compiled", monkeypatch, texts, max_tokens)
-    slow = _tokens_on("numpy", monkeypatch, texts, max_tokens)
+def _assert_same_tokens(monkeypatch, texts, max_tokens=None, tokenizer="words", lower=True):
+    fast = _tokens_on("compiled", monkeypatch, texts, max_tokens, tokenizer, lower)
+    slow = _tokens_on("numpy", monkeypatch, texts, max_tokens, tokenizer, lower)
     assert fast.text == slow.text
     for field in ("starts", "ends", "per_doc", "h1", "h2"):
         a, b = getattr(fast, field), getattr(slow, field)
@@ -206,6 +221,50 @@ def test_the_compiled_word_characters_are_re_word_characters_for_every_code_poin
     assert np.array_equal(per_doc.astype(bool), by_regex)
     sample = range(0, sys.maxunicode + 1, 251)  # and the table is re's own, on a sample
     assert [bool(by_regex[c]) for c in sample] == [bool(re.match(r"\w", chr(c))) for c in sample]
+
+
+def test_the_tokenizers_keep_what_they_say():
+    text = "Usage: %s [OPTION]... '%c' <file>"
+    assert tokenize(text) == ["usage", "s", "option", "c", "file"]
+    assert tokenize(text, tokenizer="whitespace", lowercase=False) == [
+        "Usage:", "%s", "[OPTION]...", "'%c'", "<file>"
+    ]  # fmt: skip
+    assert tokenize(text, tokenizer="words+punct") == [
+        "usage", ":", "%", "s", "[", "option", "]...", "'%", "c", "'", "<", "file", ">"
+    ]  # fmt: skip
+    assert tokenize("a\x00b", tokenizer="whitespace") == ["a", "b"]  # NUL is whitespace
+
+
+@needs_compiled
+def test_the_compiled_character_classes_are_the_regexes_for_every_code_point():
+    codes = np.arange(sys.maxunicode + 1, dtype=np.uint32)
+    classes = char_classes(codes)  # filled from re's \w and \s themselves
+    text = "\x00".join(chr(c) for c in range(sys.maxunicode + 1))
+    lengths = np.ones(sys.maxunicode + 1, dtype=np.int64)
+    for mode, (tokenizer, kept) in enumerate(
+        (("words", {1}), ("whitespace", {1, 2}), ("words+punct", {1, 2}))
+    ):
+        per_doc = np.frombuffer(COMPILED.scan(text, lengths, -1, mode)[2], dtype=np.int64)
+        assert np.array_equal(per_doc.astype(bool), np.isin(classes, list(kept))), tokenizer
+    sample = range(0, sys.maxunicode + 1, 251)
+    assert [int(classes[c]) for c in sample] == [
+        1 if re.match(r"\w", chr(c)) else 0 if re.match(r"[\s\x00]", chr(c)) else 2 for c in sample
+    ]
+    with pytest.raises(ValueError, match="mode"):
+        COMPILED.scan("a", np.ones(1, dtype=np.int64), -1, 3)
+
+
+@needs_compiled
+@pytest.mark.parametrize("tokenizer", list(TOKENIZERS))
+@pytest.mark.parametrize("max_tokens", [None, 0, 1, 3])
+def test_compiled_tokens_equal_the_numpy_tokens_for_each_tokenizer(
+    monkeypatch, max_tokens, tokenizer
+):
+    for lower in (True, False):
+        fast = _tokens_on("compiled", monkeypatch, TRICKY, max_tokens, tokenizer, lower)
+        slow = _tokens_on("numpy", monkeypatch, TRICKY, max_tokens, tokenizer, lower)
+        for field in ("starts", "ends", "per_doc", "h1", "h2"):
+            assert getattr(fast, field).tolist() == getattr(slow, field).tolist(), field
 
 
 @needs_compiled
@@ -234,17 +293,25 @@ def test_compiled_subwords_equal_the_numpy_subwords(monkeypatch, minn, maxn):
     texts=st.lists(st.text(max_size=40), max_size=8),
     max_tokens=st.one_of(st.none(), st.integers(0, 5)),
     grams=st.sampled_from([(3, 5), (1, 3), (2, 2), (0, 0)]),
+    tokenizer=st.sampled_from(list(TOKENIZERS)),
+    lower=st.booleans(),
 )
-def test_compiled_and_numpy_featurizers_agree_on_any_text(texts, max_tokens, grams):
+def test_compiled_and_numpy_featurizers_agree_on_any_text(
+    texts, max_tokens, grams, tokenizer, lower
+):
     with pytest.MonkeyPatch.context() as monkeypatch:
-        _assert_same_tokens(monkeypatch, texts, max_tokens)
-        words = list(dict.fromkeys(t for text in texts for t in tokenize(text)))
+        _assert_same_tokens(monkeypatch, texts, max_tokens, tokenizer, lower)
+        words = list(
+            dict.fromkeys(t for text in texts for t in tokenize(text, None, tokenizer, lower))
+        )
         fast = _table_on("compiled", monkeypatch, *grams, words)
         slow = _table_on("numpy", monkeypatch, *grams, words)
         assert fast == slow
         for path in ("compiled", "numpy"):
             monkeypatch.setenv("XLEVAL_PLUGIN_KERNELS", "1" if path == "compiled" else "0")
             bags = HashedFeaturizer(buckets=9973, ngram_range=grams, cache=None,
-                                    max_tokens=max_tokens)(texts)  # fmt: skip
+                                    max_tokens=max_tokens, tokenizer=tokenizer,
+                                    lowercase=lower)(texts)  # fmt: skip
             for i, text in enumerate(texts):
-                assert bag(bags, i) == reference_ids(text, 9973, *grams, max_tokens), path
+                expected = reference_ids(text, 9973, *grams, max_tokens, tokenizer, lower)
+                assert bag(bags, i) == expected, path

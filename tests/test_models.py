@@ -220,3 +220,43 @@ def test_models_survive_torch_save_and_load(registry, name, options):
     model.eval()
     loaded.eval()
     assert torch.equal(loaded(loaded.featurize(texts)), model(model.featurize(texts)))
+
+
+def test_the_tokenizer_options_reach_both_models(registry):
+    text = "Usage: %s <unk> FILE"
+    bag = registry.build(
+        "models", "bag-of-embeddings", {"tokenizer": "whitespace", "lowercase": False}
+    ).featurizer
+    plain = registry.build("models", "bag-of-embeddings", {"tokenizer": "words"}).featurizer
+    assert plain.key == ("hashed", 200_000, 3, 5, 1, 1024)  # words' key as it always was
+    default = registry.build("models", "bag-of-embeddings", {}).featurizer
+    assert (default.tokenizer, default.lowercase) == ("words+punct", True)
+    assert bag.key != plain.key and bag(["x y"]).ids.numel() > 0
+    assert bag.tokenizer == "whitespace" and bag.lowercase is False
+    model = registry.build(
+        "models", "embedding-linear", {"dim": 4, "tokenizer": "words+punct"}
+    ).build(2)
+    model.prepare([text, "%s %s"])
+    assert model.vocabulary == ("<unk>", "%", "s", ":", "<", ">", "file", "unk", "usage")
+    linear = registry.build("models", "embedding-linear", {"dim": 4, "tokenizer": "whitespace"})
+    spaced = linear.build(2)
+    spaced.prepare([text])  # a text's own "<unk>" is the unknown word, not a second entry
+    assert spaced.vocabulary.count("<unk>") == 1 and "%s" in spaced.vocabulary
+    with pytest.raises(OptionsError, match="tokenizer"):
+        registry.build("models", "bag-of-embeddings", {"tokenizer": "bpe"})
+    with pytest.raises(OptionsError, match="lowercase"):
+        registry.build("models", "embedding-linear", {"lowercase": "yes"})
+
+
+@pytest.mark.parametrize("tokenizer", ["whitespace", "words+punct"])
+def test_models_with_a_tokenizer_survive_pickling(registry, tokenizer):
+    model = registry.build(
+        "models", "bag-of-embeddings", {"buckets": 300, "dim": 4, "tokenizer": tokenizer}
+    ).build(2)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert loaded.featurizer.tokenizer == tokenizer
+    texts = ["a%s, b", "<c>"]
+    assert loaded.featurize(texts).ids.tolist() == model.featurize(texts).ids.tolist()
