@@ -13,6 +13,7 @@ from typing import Any
 from xleval.api import Register, hookimpl
 from xleval.errors import OptionsError
 
+
 def tokenizer_options(default: str) -> dict[str, Any]:
     """The tokenizer options of a bundled model (featurize.TOKENIZERS; docs/models.md says
     what each keeps and why bag-of-embeddings defaults to words+punct)."""
@@ -30,6 +31,7 @@ def tokenizer_options(default: str) -> dict[str, Any]:
             "description": "Lower-case texts before tokenizing.",
         },
     }
+
 
 BAG_OF_EMBEDDINGS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -69,7 +71,7 @@ BAG_OF_EMBEDDINGS_SCHEMA: dict[str, Any] = {
             "description": "Tokens kept per text (null: all).",
         },
         # words+punct: as accurate as words on prose (ddtp-sections), +5.4 points on UI
-        # messages full of format strings (benchmarks/README.md, tokenizers.py)
+        # messages full of format strings (benchmarks/README.md, tokenizer_choice.py)
         **tokenizer_options("words+punct"),
     },
 }

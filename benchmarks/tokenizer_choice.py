@@ -12,7 +12,7 @@ tokenizer, and how many cells (target × k) each one wins or loses against ``wor
 than a point. Run from the repository root (each run goes into --out/<dataset>-<tokenizer>)::
 
     python scripts/build_ui_messages.py --out benchmarks/data/ui-messages.jsonl
-    python benchmarks/tokenizers.py --ui benchmarks/data/ui-messages.jsonl --out /tmp/tok
+    python benchmarks/tokenizer_choice.py --ui benchmarks/data/ui-messages.jsonl --out /tmp/tok
 """
 
 from __future__ import annotations
