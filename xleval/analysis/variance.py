@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from xleval.analysis.stats import _mean_squares
+
 #: Quantile points per chi-square pivot (the grid of two pivots has this many squared).
 PIVOT_POINTS = 128
 
@@ -123,12 +125,8 @@ def components(
             ms_draws, difference_interval(ms_draws, draws_df, 0.0, 0.0, confidence)
         )
     if table is not None and table.shape[1] >= 2 and table.shape[0] >= 2:
-        rows, n = table.shape
-        example_means = table.mean(axis=0)
-        ms_examples = rows * float(np.var(example_means, ddof=1))
-        residual = table - table.mean(axis=1, keepdims=True) - example_means[None, :]
-        residual += table.mean()
-        ms_residual = float(np.sum(residual * residual)) / ((rows - 1) * (n - 1))
+        rows = table.shape[0]
+        ms_examples, ms_residual, n = _mean_squares(table)  # the two-way layout's, as tests use
         scale = 1.0 / (rows * n)
         out["examples"] = _component(
             max(0.0, (ms_examples - ms_residual) * scale),
