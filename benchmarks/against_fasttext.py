@@ -37,6 +37,7 @@ fasttext``). Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -79,6 +80,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=12,
         help="fastText's threads (its default, 12; fewer than 10 leave most of its input "
         "table uninitialised, see the module's docstring)",
+    )
+    parser.add_argument(
+        "--xleval-options",
+        type=json.loads,
+        action="append",
+        default=None,
+        metavar="JSON",
+        help="bag-of-embeddings options of an xleval variant, e.g. '{\"ngram_range\": [3, 5]}'; "
+        "repeatable, each variant gets its own column against the same fastText runs; the "
+        "default variant ({}) is always measured first and is the one the bar is about",
     )
     parser.add_argument(
         "--buckets",
@@ -127,8 +138,10 @@ def fasttext_accuracy(
     )
 
 
-def xleval_model(registry: Any, texts: list[str], labels: list[int], n_classes: int, seed: int):
-    builder = registry.build("models", "bag-of-embeddings", {})  # every option at its default
+def xleval_model(
+    registry: Any, options: dict, texts: list[str], labels: list[int], n_classes: int, seed: int
+):
+    builder = registry.build("models", "bag-of-embeddings", options)  # {}: the defaults
     model = build_model(builder, n_classes, seed=seed, train_texts=texts)
     train(model, texts, labels, {"threads": 1}, seed=seed)
     return model
@@ -145,10 +158,12 @@ def main(argv: list[str] | None = None) -> None:
         dataset = registry.build("datasets", "jsonl", {"path": str(args.data)}).load()
     index = dataset.label_index
     settings = [(lr, epochs) for lr in args.lr for epochs in FASTTEXT_EPOCHS]
+    variants = [{}] + [v for v in args.xleval_options or [] if v != {}]
     print(
         f"{name}: {args.source} -> {', '.join(args.targets)}; seeds {args.seeds}; fastText "
         f"lr {args.lr} x epochs {list(FASTTEXT_EPOCHS)}, dim {args.dim}, buckets "
-        f"{args.buckets} (its best setting per cell); xleval bag-of-embeddings defaults; "
+        f"{args.buckets} (its best setting per cell); xleval bag-of-embeddings "
+        f"{' | '.join(json.dumps(v) if v else 'defaults' for v in variants)}; "
         f"torch {torch.__version__}",
         flush=True,
     )
@@ -160,24 +175,27 @@ def main(argv: list[str] | None = None) -> None:
     tests = {t: pairs(dataset.select(t, "test")) for t in args.targets}
     cells: dict[tuple[str, str, Any], dict[str, list]] = {}
 
-    def record(target, protocol, k, xl, ft):
-        entry = cells.setdefault((target, protocol, k), {"xleval": [], "ft": []})
-        entry["xleval"].append(xl)
-        entry["ft"].append(ft)
-
     def run(train_examples, targets, protocol, k, seed):
         texts = [e.text for e in train_examples]
-        model = xleval_model(registry, texts, [index[e.label] for e in train_examples],
-                             len(dataset.labels), seed)  # fmt: skip
+        labels = [index[e.label] for e in train_examples]
+        models = [
+            xleval_model(registry, options, texts, labels, len(dataset.labels), seed)
+            for options in variants
+        ]
         for target in targets:
             test = tests[target]
-            predicted = predict_scores(model, [t for t, _ in test]).argmax(1).tolist()
-            xl = sum(p == index[y] for p, (_, y) in zip(predicted, test, strict=True)) / len(test)
+            accuracies = []
+            for model in models:
+                predicted = predict_scores(model, [t for t, _ in test]).argmax(1).tolist()
+                hits = sum(p == index[y] for p, (_, y) in zip(predicted, test, strict=True))
+                accuracies.append(hits / len(test))
             ft = {
                 setting: fasttext_accuracy(pairs(train_examples), test, setting, args, seed)
                 for setting in settings
             }
-            record(target, protocol, k, xl, ft)
+            entry = cells.setdefault((target, protocol, k), {"xleval": [], "ft": []})
+            entry["xleval"].append(accuracies)
+            entry["ft"].append(ft)
 
     started = time.perf_counter()
     for seed in args.seeds:
@@ -192,9 +210,10 @@ def main(argv: list[str] | None = None) -> None:
             run(list(dataset.select(target, "train")), [target], "full", "all", seed)
         print(f"  seed {seed} done ({time.perf_counter() - started:.0f} s)", flush=True)
 
-    rows, diffs, diverged_total, all_diverged = [], [], 0, []
+    rows, diverged_total, all_diverged = [], 0, []
+    diffs: list[list[float]] = [[] for _ in variants]
     for (target, protocol, k), entry in cells.items():
-        xl = statistics.fmean(entry["xleval"])
+        xl = [statistics.fmean(seeds) for seeds in zip(*entry["xleval"], strict=True)]
         per_setting = {}  # setting -> (mean over its converged seeds, runs diverged)
         for setting in settings:
             values = [r[setting] for r in entry["ft"]]
@@ -212,33 +231,41 @@ def main(argv: list[str] | None = None) -> None:
             continue
         best = max(usable, key=lambda s: per_setting[s][0])
         ft = per_setting[best][0]
-        diffs.append(100 * (xl - ft))
+        for i, value in enumerate(xl):
+            diffs[i].append(100 * (value - ft))
         rows.append((target, protocol, k, xl, best, ft, diverged))
+    extra = "".join(f" variant {i} | variant {i} − fastText |" for i in range(1, len(variants)))
     print(
         "\n| target | protocol | k | xleval | fastText (its best setting: lr, epochs) "
-        "| fastText runs diverged | xleval − fastText |"
+        f"| fastText runs diverged | xleval − fastText |{extra}"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|" + "---|---|" * (len(variants) - 1))
+    runs = len(settings) * len(args.seeds)
     for target, protocol, k, xl, best, ft, diverged in rows:
         if best is None:
-            print(f"| {target} | {protocol} | {k} | {xl:.4f} | diverged in every run | "
-                  f"{diverged} | – |")  # fmt: skip
+            others = "".join(f" {v:.4f} | – |" for v in xl[1:])
+            print(f"| {target} | {protocol} | {k} | {xl[0]:.4f} | diverged in every run | "
+                  f"{diverged} | – |{others}")  # fmt: skip
             continue
-        runs = len(settings) * len(args.seeds)
-        print(f"| {target} | {protocol} | {k} | {xl:.4f} | {ft:.4f} ({best[0]:g}, {best[1]}) | "
-              f"{diverged} of {runs} | {100 * (xl - ft):+.2f} |")  # fmt: skip
-    below = sum(d < -1.0 for d in diffs)
-    mean = statistics.fmean(diffs) if diffs else math.nan
+        others = "".join(f" {v:.4f} | {100 * (v - ft):+.2f} |" for v in xl[1:])
+        print(f"| {target} | {protocol} | {k} | {xl[0]:.4f} | {ft:.4f} ({best[0]:g}, {best[1]}) | "
+              f"{diverged} of {runs} | {100 * (xl[0] - ft):+.2f} |{others}")  # fmt: skip
     print(
         f"\n{len(rows)} cells, {len(args.seeds)} seeds, fastText's best of {len(settings)} "
-        f"settings per cell: xleval − fastText mean {mean:+.2f} points over the {len(diffs)} "
-        f"cells where fastText converged, worst {min(diffs, default=math.nan):+.2f}; {below} "
-        f"cell(s) below −1 point; fastText diverged in {diverged_total} of "
-        f"{len(rows) * len(settings) * len(args.seeds)} runs, in every run of "
-        f"{len(all_diverged)} cell(s). Bar (no cell below −1 point, mean ≥ 0): "
-        f"{'met' if diffs and below == 0 and mean >= 0 else 'NOT met'}. "
-        f"{time.perf_counter() - started:.0f} s"
+        f"settings per cell; fastText diverged in {diverged_total} of {len(rows) * runs} runs, "
+        f"in every run of {len(all_diverged)} cell(s)."
     )
+    for i, (options, variant_diffs) in enumerate(zip(variants, diffs, strict=True)):
+        below = sum(d < -1.0 for d in variant_diffs)
+        mean = statistics.fmean(variant_diffs) if variant_diffs else math.nan
+        label = "xleval defaults" if i == 0 else f"variant {i} {json.dumps(options)}"
+        print(
+            f"{label}: xleval − fastText mean {mean:+.2f} points over the {len(variant_diffs)} "
+            f"cells where fastText converged, worst {min(variant_diffs, default=math.nan):+.2f}; "
+            f"{below} cell(s) below −1 point. Bar (no cell below −1 point, mean ≥ 0): "
+            f"{'met' if variant_diffs and below == 0 and mean >= 0 else 'NOT met'}."
+        )
+    print(f"{time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -111,7 +111,16 @@ def xleval_child(req: dict[str, Any]) -> dict[str, Any]:
     builder = registry.build(
         "models",
         "bag-of-embeddings",
-        {"dim": req["dim"], "buckets": req["buckets"], "max_tokens": req["max_tokens"]},
+        {
+            "dim": req["dim"],
+            "buckets": req["buckets"],
+            "max_tokens": req["max_tokens"],
+            # the features fastText gets here: xleval's words, char 3-5-grams, no word n-grams
+            "ngram_range": [3, 5],
+            "word_ngrams": 1,
+            "tokenizer": "words",
+            "lowercase": True,
+        },
     )
     texts = [e.text for e in train_set]
     model = build_model(builder, len(dataset.labels), seed=0)

@@ -143,6 +143,8 @@ def xleval_child(req: dict[str, Any]) -> dict[str, Any]:
             "ngram_range": [req["minn"], req["maxn"]],
             "word_ngrams": 1,
             "max_tokens": req["max_tokens"],
+            "tokenizer": "words",  # the tokens fastText is given here
+            "lowercase": True,
         },
     )
     before = rss_mb()
