@@ -14,9 +14,9 @@ from xleval.api import Register, hookimpl
 from xleval.errors import OptionsError
 
 
-def tokenizer_options(default: str) -> dict[str, Any]:
+def tokenizer_options(default: str, lowercase: bool) -> dict[str, Any]:
     """The tokenizer options of a bundled model (featurize.TOKENIZERS; docs/models.md says
-    what each keeps and why bag-of-embeddings defaults to words+punct)."""
+    what each keeps and why bag-of-embeddings defaults to words+punct, cased)."""
     return {
         "tokenizer": {
             "enum": ["words", "whitespace", "words+punct"],
@@ -27,7 +27,7 @@ def tokenizer_options(default: str) -> dict[str, Any]:
         },
         "lowercase": {
             "type": "boolean",
-            "default": True,
+            "default": lowercase,
             "description": "Lower-case texts before tokenizing.",
         },
     }
@@ -55,13 +55,13 @@ BAG_OF_EMBEDDINGS_SCHEMA: dict[str, Any] = {
             "items": {"type": "integer", "minimum": 0},
             "minItems": 2,
             "maxItems": 2,
-            "default": [3, 5],
+            "default": [2, 4],
             "description": "Character n-gram lengths [min, max] of '<word>'; [0, 0]: none.",
         },
         "word_ngrams": {
             "type": "integer",
             "minimum": 1,
-            "default": 1,
+            "default": 2,
             "description": "Longest word n-gram hashed as a feature (1: words only).",
         },
         "max_tokens": {
@@ -70,9 +70,10 @@ BAG_OF_EMBEDDINGS_SCHEMA: dict[str, Any] = {
             "default": 1024,
             "description": "Tokens kept per text (null: all).",
         },
-        # words+punct: as accurate as words on prose (ddtp-sections), +5.4 points on UI
-        # messages full of format strings (benchmarks/README.md, tokenizer_choice.py)
-        **tokenizer_options("words+punct"),
+        # words+punct, cased, char 2-4-grams, word bigrams: within a point of fastText or
+        # better in every cell of prose (ddtp-sections) and of UI messages full of format
+        # strings (docs/models.md; benchmarks/README.md: tokenizer_choice.py, against_fasttext.py)
+        **tokenizer_options("words+punct", lowercase=False),
     },
 }
 
@@ -99,7 +100,7 @@ EMBEDDING_LINEAR_SCHEMA: dict[str, Any] = {
             "default": False,
             "description": "Sparse embedding gradients (needed only for huge vocabularies).",
         },
-        **tokenizer_options("words"),  # the seed's model, as the seed tokenized
+        **tokenizer_options("words", lowercase=True),  # the seed's model, as it tokenized
     },
 }
 

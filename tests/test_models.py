@@ -227,10 +227,15 @@ def test_the_tokenizer_options_reach_both_models(registry):
     bag = registry.build(
         "models", "bag-of-embeddings", {"tokenizer": "whitespace", "lowercase": False}
     ).featurizer
-    plain = registry.build("models", "bag-of-embeddings", {"tokenizer": "words"}).featurizer
+    plain = registry.build(
+        "models",
+        "bag-of-embeddings",
+        {"tokenizer": "words", "lowercase": True, "ngram_range": [3, 5], "word_ngrams": 1},
+    ).featurizer
     assert plain.key == ("hashed", 200_000, 3, 5, 1, 1024)  # words' key as it always was
     default = registry.build("models", "bag-of-embeddings", {}).featurizer
-    assert (default.tokenizer, default.lowercase) == ("words+punct", True)
+    assert (default.tokenizer, default.lowercase) == ("words+punct", False)
+    assert (default.minn, default.maxn, default.word_ngrams) == (2, 4, 2)
     assert bag.key != plain.key and bag(["x y"]).ids.numel() > 0
     assert bag.tokenizer == "whitespace" and bag.lowercase is False
     model = registry.build(
@@ -260,3 +265,26 @@ def test_models_with_a_tokenizer_survive_pickling(registry, tokenizer):
     assert loaded.featurizer.tokenizer == tokenizer
     texts = ["a%s, b", "<c>"]
     assert loaded.featurize(texts).ids.tolist() == model.featurize(texts).ids.tolist()
+
+
+def test_every_tokenizer_choice_variant_is_a_valid_spec(registry, tmp_path):
+    """benchmarks/tokenizer_choice.py writes its specs as TOML text: each variant's must
+    validate and resolve to its options (a JSON object there would not be TOML)."""
+    import sys
+    from pathlib import Path
+
+    from xleval.experiment.spec import load_spec
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        import tokenizer_choice
+    finally:
+        sys.path.pop(0)
+    assert {"default", "words lower"} <= set(tokenizer_choice.VARIANTS)
+    for name, options in tokenizer_choice.VARIANTS.items():
+        path = tmp_path / f"{name.replace(' ', '-')}.toml"
+        path.write_text(tokenizer_choice.spec_text('"ddtp-sections"', ["de"], [0, 8], 1, options))
+        spec = load_spec(path, registry)
+        model = spec.methods[0].model
+        assert model.name == "bag-of-embeddings" and model.options["dim"] == 64
+        assert {key: model.options[key] for key in options} == options, name

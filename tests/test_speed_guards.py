@@ -36,7 +36,9 @@ from xleval.train.trainer import (
     train,
 )
 
-SMALL = {"buckets": 3000, "dim": 8}
+# word_ngrams 1: the per-word bag path (WordIndex) these guards cover; bigrams (the
+# default since 0.11) take the id-by-id path
+SMALL = {"buckets": 3000, "dim": 8, "word_ngrams": 1}
 WORDS = {
     0: ["kernel", "driver", "module"],
     1: ["game", "puzzle", "arcade"],
