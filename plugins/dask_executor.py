@@ -12,9 +12,11 @@ each one, so progress, resume and the cache behave exactly as with the local exe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import sys
 import threading
@@ -151,6 +153,27 @@ def cancelled(exc: BaseException) -> bool:
     return type(exc).__name__ in ("FutureCancelledError", "CancelledError")
 
 
+class CancelledTeardownFilter(logging.Filter):
+    """Drops the client's "ERROR ... Traceback ... CancelledError" records: its reconnect
+    loop, cancelled when the driver closes a client whose scheduler was lost, logs its own
+    cancellation (distributed.utils.log_errors). That is teardown, not an error, and the
+    user gets one line from xleval instead of a traceback. Other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, asyncio.CancelledError)
+
+
+CANCELLED_TEARDOWN = CancelledTeardownFilter()
+
+
+def quiet_client_teardown() -> None:
+    """Install :class:`CancelledTeardownFilter` on dask's client logger (once a process)."""
+    logger = logging.getLogger("distributed.client")
+    if CANCELLED_TEARDOWN not in logger.filters:
+        logger.addFilter(CANCELLED_TEARDOWN)
+
+
 #: seconds a comm error waits for the client to notice that its scheduler is gone
 NOTICE_WAIT = 5.0
 
@@ -278,6 +301,7 @@ class DaskExecutor:
 
     def _connect(self) -> tuple[Any, Any]:
         distributed = import_distributed()
+        quiet_client_teardown()
         if self.address:
             try:
                 client = distributed.Client(self.address, timeout=self.timeout)

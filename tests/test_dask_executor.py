@@ -685,3 +685,32 @@ def test_a_result_lost_with_the_scheduler_is_not_blamed_on_its_cell(monkeypatch)
     monkeypatch.setattr(dask_executor, "NOTICE_WAIT", 0.2)
     assert not dask_executor.scheduler_lost(SimpleNamespace(status="running"), CommClosedError("x"))
     assert not dask_executor.scheduler_lost(SimpleNamespace(status="running"), KeyError("x"))
+
+
+def test_the_clients_own_cancellation_logs_no_traceback_and_other_errors_still_do(capsys):
+    """A client whose scheduler was lost logs its reconnect loop's cancellation as an ERROR
+    with a traceback when the driver closes it (seen in CI: 'distributed.client - ERROR -
+    Traceback ... CancelledError'); xleval's filter drops exactly those records."""
+    import asyncio
+    import logging
+
+    from xleval_plugins.dask_executor import quiet_client_teardown
+
+    pytest.importorskip("distributed")
+    logger = logging.getLogger("distributed.client")
+    stream = logging.StreamHandler(sys.stderr)
+    logger.addHandler(stream)
+    try:
+        quiet_client_teardown()
+        quiet_client_teardown()  # idempotent: one filter
+        assert len(logger.filters) == len(set(map(id, logger.filters)))
+        for exc in (asyncio.CancelledError(), RuntimeError("real trouble")):
+            try:
+                raise exc
+            except BaseException:
+                logger.exception("")
+    finally:
+        logger.removeHandler(stream)
+    err = capsys.readouterr().err
+    assert "CancelledError" not in err
+    assert "RuntimeError: real trouble" in err and "Traceback" in err

@@ -5,4 +5,4 @@ The core defines hook specifications, a plugin manager and a registry; every met
 Plugins use the public API, :mod:`xleval.api`; docs/architecture.md maps the rest.
 """
 
-__version__ = "0.11.0"
+__version__ = "0.11.1"
