@@ -168,10 +168,9 @@ CANCELLED_TEARDOWN = CancelledTeardownFilter()
 
 
 def quiet_client_teardown() -> None:
-    """Install :class:`CancelledTeardownFilter` on dask's client logger (once a process)."""
-    logger = logging.getLogger("distributed.client")
-    if CANCELLED_TEARDOWN not in logger.filters:
-        logger.addFilter(CANCELLED_TEARDOWN)
+    """Install :class:`CancelledTeardownFilter` on dask's client logger (``addFilter`` adds
+    the one instance once a process, however many runs connect)."""
+    logging.getLogger("distributed.client").addFilter(CANCELLED_TEARDOWN)
 
 
 #: seconds a comm error waits for the client to notice that its scheduler is gone
