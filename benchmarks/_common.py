@@ -79,6 +79,27 @@ def require_fasttext() -> None:
         sys.exit("fastText is not installed: .venv/bin/pip install fasttext (benchmarks/README.md)")
 
 
+#: The tokens the speed benchmarks give fastText (xleval's ``words``, lower-cased): its
+#: training and test files are written with them (:func:`write_fasttext_files`), and
+#: xleval's model takes the same options, so both learn from the same tokens.
+FASTTEXT_TOKENS: dict[str, Any] = {"tokenizer": "words", "lowercase": True}
+
+
+def write_fasttext_files(
+    folder: Path, train_set: Sequence[Any], test_set: Sequence[Any], max_tokens: int | None
+) -> tuple[Path, Path]:
+    """fastText's ``__label__y tokens`` train and test files in ``folder``."""
+    from xleval_plugins.featurize import tokenize
+
+    paths = folder / "train.txt", folder / "test.txt"
+    for path, examples in zip(paths, (train_set, test_set), strict=True):
+        with open(path, "w", encoding="utf-8") as out:
+            for e in examples:
+                tokens = tokenize(e.text, max_tokens, **FASTTEXT_TOKENS)
+                out.write(f"__label__{e.label} {' '.join(tokens)}\n")
+    return paths
+
+
 def load_splits(registry: Any, langs: Sequence[str]) -> tuple[Any, list[Any], list[Any]]:
     """(dataset, train examples, test examples) of ddtp-sections, ``langs`` pooled."""
     dataset = registry.build("datasets", "ddtp-sections", {"languages": list(langs)}).load()

@@ -31,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     DEFAULT_LANGS,
+    FASTTEXT_TOKENS,
     interleaved,
     load_splits,
     machine,
@@ -40,6 +41,7 @@ from _common import (
     run_child,
     serve_child,
     table,
+    write_fasttext_files,
 )
 
 SCRIPT = Path(__file__).resolve()
@@ -115,11 +117,10 @@ def xleval_child(req: dict[str, Any]) -> dict[str, Any]:
             "dim": req["dim"],
             "buckets": req["buckets"],
             "max_tokens": req["max_tokens"],
-            # the features fastText gets here: xleval's words, char 3-5-grams, no word n-grams
+            # the features fastText gets here: its tokens, char 3-5-grams, no word n-grams
             "ngram_range": [3, 5],
             "word_ngrams": 1,
-            "tokenizer": "words",
-            "lowercase": True,
+            **FASTTEXT_TOKENS,
         },
     )
     texts = [e.text for e in train_set]
@@ -127,7 +128,9 @@ def xleval_child(req: dict[str, Any]) -> dict[str, Any]:
     train(model, texts, dataset.label_ids(train_set), {"epochs": req["epochs"]}, seed=0)
     featurizer = model.featurizer
     featurizer.cache = None  # no feature cache: every call featurizes its texts
-    train_tokens = [t for text in texts for t in tokenize(text, req["max_tokens"])]
+    train_tokens = [
+        t for text in texts for t in tokenize(text, req["max_tokens"], **FASTTEXT_TOKENS)
+    ]
 
     def training_words_only() -> None:
         table = SubwordTable(featurizer.buckets, featurizer.minn, featurizer.maxn)
@@ -158,7 +161,6 @@ def main(argv: list[str] | None = None) -> None:
         serve_child(args.child, {"fasttext": fasttext_child, "xleval": xleval_child})
         return
     require_fasttext()
-    from xleval_plugins.featurize import tokenize
 
     from xleval.plugin.manager import get_plugin_manager
 
@@ -174,11 +176,9 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        train_path, test_path = Path(tmp) / "train.txt", Path(tmp) / "test.txt"
-        for path, examples in ((train_path, train_set), (test_path, test_set)):
-            with open(path, "w", encoding="utf-8") as out:
-                for e in examples:
-                    out.write(f"__label__{e.label} {' '.join(tokenize(e.text, args.max_tokens))}\n")
+        train_path, test_path = write_fasttext_files(
+            Path(tmp), train_set, test_set, args.max_tokens
+        )
         common = {
             "dim": args.dim,
             "epochs": args.epochs,

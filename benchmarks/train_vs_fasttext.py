@@ -27,6 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     DEFAULT_LANGS,
+    FASTTEXT_TOKENS,
     interleaved,
     load_splits,
     machine,
@@ -38,6 +39,7 @@ from _common import (
     run_child,
     serve_child,
     table,
+    write_fasttext_files,
 )
 
 SCRIPT = Path(__file__).resolve()
@@ -143,8 +145,7 @@ def xleval_child(req: dict[str, Any]) -> dict[str, Any]:
             "ngram_range": [req["minn"], req["maxn"]],
             "word_ngrams": 1,
             "max_tokens": req["max_tokens"],
-            "tokenizer": "words",  # the tokens fastText is given here
-            "lowercase": True,
+            **FASTTEXT_TOKENS,  # the tokens fastText is given here
         },
     )
     before = rss_mb()
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     langs = args.langs.split(",")
     registry = get_plugin_manager().registry
     dataset, train_set, test_set = load_splits(registry, langs)
-    tokens = sum(len(tokenize(e.text, args.max_tokens)) for e in train_set)
+    tokens = sum(len(tokenize(e.text, args.max_tokens, **FASTTEXT_TOKENS)) for e in train_set)
     threads = [int(t) for t in args.threads.split(",")]
     variants = args.variants.split(",")
     print(
@@ -199,11 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     with tempfile.TemporaryDirectory() as tmp:
-        train_path, test_path = Path(tmp) / "train.txt", Path(tmp) / "test.txt"
-        for path, examples in ((train_path, train_set), (test_path, test_set)):
-            with open(path, "w", encoding="utf-8") as out:
-                for e in examples:
-                    out.write(f"__label__{e.label} {' '.join(tokenize(e.text, args.max_tokens))}\n")
+        train_path, test_path = write_fasttext_files(
+            Path(tmp), train_set, test_set, args.max_tokens
+        )
         common = {
             "dim": args.dim,
             "epochs": args.epochs,
