@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,17 @@ FAST = settings(
     deadline=None,  # timed below, against the 2 s bar, rather than per hypothesis' 200 ms
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+#: Seconds to check any one input: a clean error must also be a quick one.
+LIMIT = 2.0
+
+
+def quickest(measure: Callable[[], float]) -> float:
+    """``measure()``'s seconds; over :data:`LIMIT`, the faster of two tries. An input that
+    is slow to check is slow every time; a stall of the shared host is not (a 400-byte
+    data file once took 2.4 s to load while a benchmark ran beside the suite)."""
+    first = measure()
+    return first if first < LIMIT else min(first, measure())
+
 
 scalars = st.one_of(
     st.none(),
@@ -79,19 +91,37 @@ def warm(tmp_path_factory):
 def validate(tmp_path: Path, text: str, suffix: str) -> tuple[int, str, float]:
     path = tmp_path / f"spec{suffix}"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
-    started = time.perf_counter()
-    result = CliRunner().invoke(build_cli(), ["validate", str(path)])
-    seconds = time.perf_counter() - started
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception  # a traceback: the bug this suite looks for
-    return result.exit_code, result.output, seconds
+    results = []
+
+    def measure() -> float:
+        started = time.perf_counter()
+        result = CliRunner().invoke(build_cli(), ["validate", str(path)])
+        seconds = time.perf_counter() - started
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception  # a traceback: the bug this suite looks for
+        results.append(result)
+        return seconds
+
+    seconds = quickest(measure)
+    return results[-1].exit_code, results[-1].output, seconds
+
+
+def test_a_slow_input_fails_the_timing_and_a_one_off_stall_does_not():
+    def tries(*seconds: float) -> Callable[[], float]:
+        times = iter(seconds)
+        return lambda: next(times)
+
+    assert quickest(tries(0.3)) == 0.3  # under the limit: measured once
+    assert quickest(tries(2.4, 0.3)) == 0.3  # the host stalled once
+    assert quickest(tries(2.6, 2.4)) == 2.4  # slow both times: the input is slow
+    assert quickest(tries(2.4, 3.0)) == 2.4
 
 
 def check_clean(code: int, output: str, seconds: float) -> None:
     assert code in (0, 1), output
     if code == 1:
         assert "error: " in output and "Traceback" not in output
-    assert seconds < 2.0, f"{seconds:.1f} s"
+    assert seconds < LIMIT, f"{seconds:.1f} s"
 
 
 @FAST
@@ -163,11 +193,14 @@ rows = st.lists(
 
 
 def load_clean(path: Path, **options) -> float:
-    clear_cache()
-    started = time.perf_counter()
-    with contextlib.suppress(XlevalError):  # a clean, named error
-        load_dataset_file(path, **options)
-    return time.perf_counter() - started
+    def measure() -> float:
+        clear_cache()
+        started = time.perf_counter()
+        with contextlib.suppress(XlevalError):  # a clean, named error
+            load_dataset_file(path, **options)
+        return time.perf_counter() - started
+
+    return quickest(measure)
 
 
 @FAST
@@ -175,7 +208,7 @@ def load_clean(path: Path, **options) -> float:
 def test_any_jsonl_rows_load_or_fail_cleanly(tmp_path, records):
     path = tmp_path / "data.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    assert load_clean(path) < 2.0
+    assert load_clean(path) < LIMIT
 
 
 @FAST
@@ -183,7 +216,7 @@ def test_any_jsonl_rows_load_or_fail_cleanly(tmp_path, records):
 def test_any_bytes_as_a_data_file_load_or_fail_cleanly(tmp_path, raw, suffix):
     path = tmp_path / f"data{suffix}"
     path.write_bytes(raw)
-    assert load_clean(path) < 2.0
+    assert load_clean(path) < LIMIT
 
 
 @FAST
@@ -201,7 +234,7 @@ def test_any_csv_cells_load_or_fail_cleanly(tmp_path, cells, sep):
     writer.writerows(cells)
     path = tmp_path / ("data.csv" if sep == "," else "data.tsv")
     path.write_text(buffer.getvalue(), encoding="utf-8", errors="surrogatepass")
-    assert load_clean(path) < 2.0
+    assert load_clean(path) < LIMIT
 
 
 def test_hostile_data_is_named_by_file_and_line(tmp_path):
