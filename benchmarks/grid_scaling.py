@@ -391,6 +391,10 @@ def report(
         # issue 7's memory bar is the processes executor's; a LocalCluster adds a
         # scheduler, nannies and a forkserver, and keeps shared models in dask's store
         memory_bar = " (<= 2048)" if executor == "processes" else ""
+        # each round's own ratio: how far apart rounds of the same code land on this host
+        pairs = zip(runs[workers[0]], runs[w], strict=True)  # interleaved: one pair a round
+        ratios = [one["wall"] / more["wall"] for one, more in pairs]
+        print("speed-up per round: " + ", ".join(f"{ratio:.2f}x" for ratio in ratios))
         print(
             f"bar: speed-up from {workers[0]} to {w} workers {speedup:.2f}x (>= 1.85); "
             f"peak memory {peak:.0f} MB PSS, {peak_rss:.0f} MB RSS summed{memory_bar}"
